@@ -1,0 +1,192 @@
+"""Pure building blocks of a decoder layer: norms, RoPE, projections, attention math.
+
+Functions here take weights as arrays (the pytrees of `weights.py`), never Flax
+modules, so the same math serves the layer-major training path (`blockwise.py`),
+the FAM update that runs inside `jax.lax.scan`, and the block-major streaming path.
+
+Shape letters: B batch, T tokens, S keys, D d_model, H query heads, K key/value
+heads, G query heads per key/value head, E head_dim, F FAM tokens, R LoRA rank.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+# Added to masked attention logits. Finite on purpose: a query with no visible key
+# (a padding query) then gets a uniform, finite average instead of NaN.
+MASKED_LOGIT = -1e30
+
+
+@struct.dataclass
+class Projection:
+  """A linear map, with an optional LoRA update `lora_scale * (x @ A) @ B`.
+
+  `kernel` has the input axes first and the output axes last; `lora_a` is
+  [input axes..., R] and `lora_b` is [R, output axes...].
+  """
+
+  kernel: jax.Array
+  lora_a: Optional[jax.Array] = None
+  lora_b: Optional[jax.Array] = None
+  num_in_axes: int = struct.field(pytree_node=False, default=1)
+  lora_scale: float = struct.field(pytree_node=False, default=0.0)
+
+
+def project(x: jax.Array, p: Projection, dtype) -> jax.Array:
+  """Contracts the last `p.num_in_axes` axes of x with the kernel's input axes."""
+  x = x.astype(dtype)
+  y = jnp.tensordot(x, p.kernel.astype(dtype), axes=p.num_in_axes)
+  if p.lora_a is not None:
+    low_rank = jnp.tensordot(x, p.lora_a.astype(dtype), axes=p.num_in_axes)
+    y = y + p.lora_scale * jnp.tensordot(low_rank, p.lora_b.astype(dtype), axes=1)
+  return y
+
+
+@struct.dataclass
+class Norm:
+  scale: jax.Array
+  bias: Optional[jax.Array] = None  # layernorm only
+
+
+def normalize(x: jax.Array, w: Norm, *, kind: str, eps: float,
+              scale_offset: float) -> jax.Array:
+  """RMSNorm or LayerNorm over the last axis, computed in float32."""
+  dtype = x.dtype
+  x = x.astype(jnp.float32)
+  if kind == "layernorm":
+    x = x - jnp.mean(x, axis=-1, keepdims=True)
+  x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+  x = x * (scale_offset + w.scale.astype(jnp.float32))
+  if w.bias is not None:
+    x = x + w.bias.astype(jnp.float32)
+  return x.astype(dtype)
+
+
+def _turn_fractions(head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+  """Frequency i in turns per position, θ^(-2i/E) / 2π, as a 64-bit binary
+  fraction split into two uint32 words (high, low)."""
+  inv_freq = theta ** (-np.arange(head_dim // 2, dtype=np.float64) * 2.0 / head_dim)
+  turns = inv_freq / (2.0 * np.pi)  # < 1
+  high = np.floor(turns * 2.0**32)
+  low = np.floor((turns * 2.0**32 - high) * 2.0**32)
+  return high.astype(np.uint32), low.astype(np.uint32)
+
+
+def _mul_high(a: jax.Array, b: jax.Array) -> jax.Array:
+  """floor(a * b / 2^32) for uint32 a, b, in uint32 arithmetic (no 64-bit ints)."""
+  mask = jnp.uint32(0xFFFF)
+  a1, a0 = a >> 16, a & mask
+  b1, b0 = b >> 16, b & mask
+  middle = ((a0 * b0) >> 16) + ((a1 * b0) & mask) + ((a0 * b1) & mask)
+  return a1 * b1 + ((a1 * b0) >> 16) + ((a0 * b1) >> 16) + (middle >> 16)
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> jax.Array:
+  """RoPE angles position·θ^(-2i/E) reduced modulo 2π, float32 [..., E/2].
+
+  The product is formed in 64-bit fixed point with uint32 words, so the angle is
+  exact to ~4e-7 rad at any integer position; the float32 product used by most
+  implementations is off by up to ~0.02 rad at position 300k, the range of the
+  paper's contexts plus its random position offsets.
+
+  Args:
+    positions: [...] integer positions (negative allowed: FAM may sit before 0).
+  """
+  high, low = _turn_fractions(head_dim, theta)
+  positions = positions.astype(jnp.int32)[..., None]
+  magnitude = jnp.abs(positions).astype(jnp.uint32)
+  # Top 32 bits of the fraction of magnitude * (high + low / 2^32) turns.
+  turns = magnitude * jnp.asarray(high) + _mul_high(magnitude, jnp.asarray(low))
+  turns = jnp.where(positions < 0, jnp.uint32(0) - turns, turns)
+  return turns.astype(jnp.float32) * jnp.float32(2.0 * np.pi / 2.0**32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding, rotate-half layout (as Llama and Gemma).
+
+  Args:
+    x: [..., T, heads, E].
+    positions: [..., T] integer absolute positions.
+    theta: the base; frequency i is theta^(-2i/E).
+  """
+  angles = rope_angles(positions, x.shape[-1], theta)  # [..., T, E/2]
+  sin = jnp.sin(angles)[..., None, :]
+  cos = jnp.cos(angles)[..., None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+def gated_mlp(x: jax.Array, gate: Projection, up: Projection, down: Projection,
+              *, activation: str, dtype) -> jax.Array:
+  """SwiGLU / GeGLU feed-forward: down(act(gate(x)) * up(x))."""
+  g = project(x, gate, dtype)
+  if activation == "swiglu":
+    g = jax.nn.silu(g)
+  elif activation == "geglu":
+    g = jax.nn.gelu(g, approximate=True)
+  else:
+    raise ValueError(f"unknown activation {activation!r}")
+  return project(g * project(x, up, dtype), down, dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Masked dot-product attention with grouped key/value heads.
+
+  Args:
+    q: [..., T, H, E] queries (RoPE already applied).
+    k: [..., S, K, E] keys, K dividing H (GQA/MQA).
+    v: [..., S, K, E] values.
+    mask: boolean, broadcastable to [..., T, S]; True where the query may look.
+
+  Returns:
+    [..., T, H, E] in the dtype of q. Logits and softmax run in float32.
+  """
+  *batch, t, h, e = q.shape
+  kv_heads = k.shape[-2]
+  q = q.reshape(*batch, t, kv_heads, h // kv_heads, e) * (1.0 / math.sqrt(e))
+  logits = jnp.einsum("...tkge,...ske->...kgts", q, k,
+                      preferred_element_type=jnp.float32)
+  logits = jnp.where(mask[..., None, None, :, :], logits, MASKED_LOGIT)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("...kgts,...ske->...tkge", probs, v)
+  return out.reshape(*batch, t, h, e)
+
+
+def pre_attention(w, x: jax.Array, positions: jax.Array, cfg):
+  """Norm, Q/K/V projections and RoPE: the first half of a decoder layer.
+
+  Args:
+    w: LayerWeights.
+    x: [..., T, D] layer inputs (tokens or FAM).
+    positions: [..., T] their absolute positions.
+    cfg: FamConfig.
+
+  Returns:
+    q [..., T, H, E], k [..., T, K, E], v [..., T, K, E].
+  """
+  dtype = cfg.compute_dtype
+  h = normalize(x, w.attn_norm, kind=cfg.norm, eps=cfg.norm_eps,
+                scale_offset=cfg.norm_scale_offset)
+  q = apply_rope(project(h, w.q, dtype), positions, cfg.rope_theta)
+  k = apply_rope(project(h, w.k, dtype), positions, cfg.rope_theta)
+  return q, k, project(h, w.v, dtype)
+
+
+def post_attention(w, heads: jax.Array, residual: jax.Array, cfg) -> jax.Array:
+  """Output projection + residual, then the pre-LN feed-forward + residual.
+
+  `A = O(heads) + residual`, `out = FF(PreLN(A)) + A` (Algorithm 2, steps 2-3).
+  """
+  dtype = cfg.compute_dtype
+  a = residual.astype(dtype) + project(heads, w.o, dtype)
+  h = normalize(a, w.mlp_norm, kind=cfg.norm, eps=cfg.norm_eps,
+                scale_offset=cfg.norm_scale_offset)
+  return a + gated_mlp(h, w.gate, w.up, w.down, activation=cfg.activation,
+                       dtype=dtype)
