@@ -1,0 +1,56 @@
+"""Logical axes shard the model over a (data, model) mesh without changing it."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fam_jax.sharding import make_mesh
+
+_SCRIPT = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    import jax, jax.numpy as jnp, numpy as np
+    from flax import linen as nn
+    from fam_jax import FamLM
+    from fam_jax.sharding import LOGICAL_AXIS_RULES, make_mesh, param_shardings
+    from util import random_tokens, rel_err, tiny_config
+
+    assert len(jax.devices()) == 2
+    cfg = tiny_config(attention="fam", block_size=4, fam_length=2, vocab_size=64,
+                      num_kv_heads=2, lora_rank=2)
+    model = FamLM(cfg)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0),
+                                    jnp.zeros((1, 1), jnp.int32))
+    tokens = random_tokens(cfg, 2, 13)
+    single = model.apply({{"params": variables["params"]}}, tokens)
+
+    mesh = make_mesh(model_parallel=2)
+    params = jax.device_put(variables["params"],
+                            param_shardings(variables["params_axes"], mesh))
+    gate = params["layers"]["mlp"]["gate"]["kernel"]
+    assert gate.sharding.spec == jax.sharding.PartitionSpec(None, None, "model")
+    assert len(gate.addressable_shards) == 2
+    assert gate.addressable_shards[0].data.shape == (2, 32, 24)
+    with nn.logical_axis_rules(LOGICAL_AXIS_RULES), jax.set_mesh(mesh):
+      sharded = jax.jit(model.apply)({{"params": params}}, tokens)
+    assert rel_err(sharded, single) < 1e-5, rel_err(sharded, single)
+    print("OK")
+""")
+
+
+def test_two_way_model_parallel_forward_matches_single_device():
+  tests = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", _SCRIPT.format(tests=tests)],
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("OK")
+
+
+def test_mesh_needs_a_divisor_of_the_devices():
+  with pytest.raises(ValueError, match="model_parallel"):
+    make_mesh(model_parallel=0)
