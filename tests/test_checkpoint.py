@@ -31,7 +31,8 @@ def test_restore_casts_to_dtype(tmp_path):
   _, params = init_params(cfg)
   save_checkpoint(str(tmp_path), params, cfg)
   restored, _ = load_checkpoint(str(tmp_path), dtype=jnp.bfloat16)
-  assert {x.dtype for x in jax.tree_util.tree_leaves(restored)} == {jnp.bfloat16}
+  assert {x.dtype for x in jax.tree_util.tree_leaves(restored)} == {
+      jnp.dtype(jnp.bfloat16)}
 
 
 def test_not_a_checkpoint(tmp_path):
