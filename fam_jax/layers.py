@@ -190,3 +190,27 @@ def post_attention(w, heads: jax.Array, residual: jax.Array, cfg) -> jax.Array:
                 scale_offset=cfg.norm_scale_offset)
   return a + gated_mlp(h, w.gate, w.up, w.down, activation=cfg.activation,
                        dtype=dtype)
+
+
+def embed(vectors: jax.Array, cfg) -> jax.Array:
+  """Token (or summarization) embedding rows -> residual stream inputs."""
+  x = vectors.astype(cfg.compute_dtype)
+  if cfg.scale_embeddings:
+    x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)
+  return x
+
+
+def output_logits(x: jax.Array, final_norm: Norm, embedding: jax.Array,
+                  lm_head: Optional[jax.Array], cfg) -> jax.Array:
+  """Final norm and output projection: [..., D] -> float32 [..., V].
+
+  `embedding` [V, D] is the output projection when cfg.tie_embeddings, else
+  `lm_head` [D, V].
+  """
+  x = normalize(x, final_norm, kind=cfg.norm, eps=cfg.norm_eps,
+                scale_offset=cfg.norm_scale_offset)
+  if cfg.tie_embeddings:
+    return jnp.einsum("...d,vd->...v", x, embedding.astype(x.dtype),
+                      preferred_element_type=jnp.float32)
+  return jnp.einsum("...d,dv->...v", x, lm_head.astype(x.dtype),
+                    preferred_element_type=jnp.float32)

@@ -11,7 +11,6 @@ the `params_axes` collection that `init` returns.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional
 
 import jax
@@ -21,7 +20,7 @@ from flax.linen import partitioning as nn_partitioning
 
 from fam_jax import blockwise, masks
 from fam_jax.config import FamConfig
-from fam_jax.layers import normalize
+from fam_jax.layers import embed, output_logits
 from fam_jax.weights import NormWeights, declare_layer_weights, embedding_init
 
 param_with_axes = nn_partitioning.param_with_axes
@@ -140,7 +139,7 @@ class FamLM(nn.Module):
     embedding = _Param("embedding", (cfg.vocab_size, cfg.d_model),
                        ("vocab", "embed"), embedding_init(cfg),
                        cfg.weights_dtype, name="token_embedder")()
-    x = self._embed(jnp.take(embedding, tokens, axis=0))
+    x = embed(jnp.take(embedding, tokens, axis=0), cfg)
 
     if cfg.is_blockwise:
       pad = -length % cfg.block_size
@@ -163,34 +162,23 @@ class FamLM(nn.Module):
       summarization = param_with_axes(
           "summarization_embeddings", embedding_init(cfg), (f, cfg.d_model),
           cfg.weights_dtype, axes=("fam", "embed"))
-      fam_chain = self._embed(summarization)
+      fam_chain = embed(summarization, cfg)
 
     x = constrain(x, ("batch", "length", "embed"))
     (x, _), fam_out = self._layers((x, fam_chain), fam_state, ctx, fam_state_valid)
 
-    x = normalize(x[:, :length], NormWeights(cfg, name="final_norm")(),
-                  kind=cfg.norm, eps=cfg.norm_eps,
-                  scale_offset=cfg.norm_scale_offset)
-    if cfg.tie_embeddings:
-      logits = jnp.einsum("btd,vd->btv", x, embedding.astype(x.dtype),
-                          preferred_element_type=jnp.float32)
-    else:
-      kernel = _Param("kernel", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                      nn.initializers.variance_scaling(1.0, "fan_in",
-                                                       "truncated_normal"),
-                      cfg.weights_dtype, name="lm_head")()
-      logits = jnp.einsum("btd,dv->btv", x, kernel.astype(x.dtype),
-                          preferred_element_type=jnp.float32)
+    lm_head = None
+    if not cfg.tie_embeddings:
+      lm_head = _Param("kernel", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                       nn.initializers.variance_scaling(1.0, "fan_in",
+                                                        "truncated_normal"),
+                       cfg.weights_dtype, name="lm_head")()
+    logits = output_logits(x[:, :length], NormWeights(cfg, name="final_norm")(),
+                           embedding, lm_head, cfg)
     logits = constrain(logits, ("batch", "length", "vocab"))
     if return_fam_state:
       return logits, fam_out
     return logits
-
-  def _embed(self, x: jax.Array) -> jax.Array:
-    x = x.astype(self.cfg.compute_dtype)
-    if self.cfg.scale_embeddings:
-      x = x * jnp.asarray(math.sqrt(self.cfg.d_model), x.dtype)
-    return x
 
   def _layers(self, carry, fam_state, ctx, fam_state_valid):
     """Applies all layers; returns (carry, per-layer final FAM [L, B, F, D])."""

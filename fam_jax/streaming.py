@@ -1,0 +1,435 @@
+"""The block-major streaming path: constant memory however long the input.
+
+A `StreamState` holds, per layer, the FAM entering the current block (and its keys
+and values), a ring buffer with the keys/values of the last m blocks, and the
+keys/values of the block being filled. Tokens go in chunks of up to one block;
+when a stream's block fills up, each layer updates its FAM from that block exactly
+as the training path does (`blockwise.fam_scan`) and the block moves into the ring.
+Every array has a fixed shape, so one compiled step serves an unbounded stream.
+
+`attention='full'` streams as one block whose size is the stream's capacity (an
+ordinary KV cache); `bswa` is the same without FAM.
+
+    state = init_state(params, cfg, batch_size=1)
+    logits, state = prefill(params, cfg, state, tokens)       # [B, V] last token
+    logits, state = decode_step(params, cfg, state, next_token)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import struct
+
+from fam_jax import blockwise
+from fam_jax.checkpoint import config_to_dict
+from fam_jax.config import FamConfig
+from fam_jax.layers import (Norm, attend, embed, output_logits, post_attention,
+                            pre_attention)
+from fam_jax.weights import layer_weights_from_params
+
+STATE_FORMAT = "fam-jax-stream/1"
+
+
+class StreamState(NamedTuple):
+  """Everything a batch of streams remembers. Layer-major: [L, B, ...].
+
+  Attributes:
+    position: [B] absolute position of the next token.
+    fill: [B] tokens already in the current block.
+    blocks_done: [B] completed blocks; block b sits in ring slot b % m.
+    fam_fresh: [B] the FAM is still the initial one (its first update uses a zero
+      residual, as in training).
+    fam: [L, B, F, D] FAM entering the current block.
+    fam_k, fam_v: [L, B, F, K, E] its keys (RoPE at the F positions just before
+      the block) and values.
+    memory_k, memory_v: [L, B, m, N, K, E] the last m blocks' keys and values.
+    block_k, block_v: [L, B, N, K, E] the current block's keys and values.
+  """
+
+  position: jax.Array
+  fill: jax.Array
+  blocks_done: jax.Array
+  fam_fresh: jax.Array
+  fam: jax.Array
+  fam_k: jax.Array
+  fam_v: jax.Array
+  memory_k: jax.Array
+  memory_v: jax.Array
+  block_k: jax.Array
+  block_v: jax.Array
+
+  @property
+  def block_size(self) -> int:
+    return self.block_k.shape[2]
+
+
+@struct.dataclass
+class _Weights:
+  """The parameters the streaming path reads, layers stacked [L, ...]."""
+
+  embedding: jax.Array
+  final_norm: Norm
+  lm_head: Optional[jax.Array]
+  layers: Any  # LayerWeights with a leading [L] axis
+  summarization: Optional[jax.Array]
+
+
+def _weights(params, cfg: FamConfig) -> _Weights:
+  """Runs inside jit. Unscanned params are stacked there on every call: convert
+  checkpoints to scanned layers (the default) for fast streaming."""
+  if "layers" in params:
+    layers = params["layers"]
+  else:  # unscanned checkpoints: stack layers_0, layers_1, ...
+    layers = jax.tree_util.tree_map(
+        lambda *xs: jnp.stack(xs),
+        *[params[f"layers_{i}"] for i in range(cfg.num_layers)])
+  norm = params["final_norm"]
+  return _Weights(
+      embedding=params["token_embedder"]["embedding"],
+      final_norm=Norm(norm["scale"], norm.get("bias")),
+      lm_head=None if cfg.tie_embeddings else params["lm_head"]["kernel"],
+      layers=layer_weights_from_params(layers, cfg),
+      summarization=params.get("summarization_embeddings"))
+
+
+def _stream_block_size(cfg: FamConfig, capacity: Optional[int]) -> int:
+  if cfg.is_blockwise:
+    return cfg.block_size
+  if not capacity or capacity < 1:
+    raise ValueError("attention='full' streams into a KV cache of fixed size: "
+                     "pass capacity=<max tokens> to init_state")
+  return capacity
+
+
+def init_state(params, cfg: FamConfig, batch_size: int = 1, *,
+               start_position: int = 0,
+               capacity: Optional[int] = None) -> StreamState:
+  """A fresh state: the learned initial FAM of every layer, empty memory.
+
+  Args:
+    params: the model's params.
+    cfg: its config.
+    batch_size: number of independent streams.
+    start_position: position of the first token (0 at inference).
+    capacity: attention='full' only: the most tokens the stream can hold.
+  """
+  n = _stream_block_size(cfg, capacity)
+  m = cfg.memory_segments if cfg.is_blockwise else 0
+  f, b, layers = cfg.num_fam_tokens, batch_size, cfg.num_layers
+  kv = (cfg.num_kv_heads, cfg.head_dim)
+  dtype = cfg.compute_dtype
+  zeros = lambda *shape: jnp.zeros(shape, dtype)
+  position = jnp.full((b,), start_position, jnp.int32)
+  # Separate buffers for every field: the step donates them.
+  fam = zeros(layers, b, f, cfg.d_model)
+  fam_k, fam_v = zeros(layers, b, f, *kv), zeros(layers, b, f, *kv)
+  if f:
+    fam, fam_k, fam_v = _initial_fam(params, cfg, position)
+  return StreamState(
+      position=position,
+      fill=jnp.zeros((b,), jnp.int32),
+      blocks_done=jnp.zeros((b,), jnp.int32),
+      fam_fresh=jnp.ones((b,), bool),
+      fam=fam, fam_k=fam_k, fam_v=fam_v,
+      memory_k=zeros(layers, b, m, n, *kv), memory_v=zeros(layers, b, m, n, *kv),
+      block_k=zeros(layers, b, n, *kv), block_v=zeros(layers, b, n, *kv))
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _initial_fam(params, cfg: FamConfig, position: jax.Array):
+  """Each layer's F_0 (summarization embeddings through the layers below it),
+  with keys at the F positions before `position`."""
+  w = _weights(params, cfg)
+  f = cfg.num_fam_tokens
+  batch = position.shape[0]
+  fam_positions = position[:, None] - f + jnp.arange(f)
+
+  def layer(chain, lw):
+    fam = jnp.broadcast_to(chain, (batch, *chain.shape))
+    _, k, v = pre_attention(lw, fam, fam_positions, cfg)
+    return blockwise.initial_fam_layer(lw, chain, cfg), (fam, k, v)
+
+  _, (fam, k, v) = jax.lax.scan(layer, embed(w.summarization, cfg), w.layers)
+  return fam, k, v
+
+
+def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
+          cfg: FamConfig, all_logits: bool):
+  """Consumes tokens[b, :n_new[b]] of every stream b, never crossing the end of
+  its current block (n_new[b] <= N - fill[b]).
+
+  Returns:
+    (logits [B, C, V] if all_logits else [B, V] of each stream's last new token,
+    new state).
+  """
+  w = _weights(params, cfg)
+  n = state.block_size
+  m = state.memory_k.shape[2]
+  f = cfg.num_fam_tokens
+  b, c = tokens.shape
+  offsets = jnp.arange(c)
+  positions = state.position[:, None] + offsets  # [B, C]
+  end = state.fill + n_new  # [B] block slots filled after this chunk
+  complete = (end == n) if cfg.is_blockwise else jnp.zeros((b,), bool)
+
+  # Mask over [ring (m·N) | FAM (F) | current block (N)]: the layout of
+  # `masks.block_attention_mask`, with the ring standing in for the memory
+  # segments (softmax does not care about key order).
+  slot = jnp.arange(n)
+  query_slot = state.fill[:, None] + offsets  # [B, C]
+  ring_valid = jnp.arange(m)[None] < state.blocks_done[:, None]  # [B, m]
+  ring = jnp.repeat(ring_valid, n, axis=1)[:, None, :]
+  own = (slot[None, None] <= query_slot[..., None]) & (slot < end[:, None])[:, None]
+  mask = jnp.concatenate([jnp.broadcast_to(ring, (b, c, m * n)),
+                          jnp.ones((b, c, f), bool), own], axis=-1)
+  # Block slots this chunk writes, and which chunk token goes there.
+  write = (slot[None] >= state.fill[:, None]) & (slot[None] < end[:, None])
+  source = jnp.clip(slot[None] - state.fill[:, None], 0, c - 1)[..., None, None]
+  ring_slot = (state.blocks_done % max(m, 1))[:, None] == jnp.arange(m)[None]
+  into_ring = (ring_slot & complete[:, None])[..., None, None, None]
+  block_start = state.position - state.fill
+  next_block_start = state.position + n_new
+
+  def layer(x, scanned):
+    lw, fam, fam_k, fam_v, mem_k, mem_v, blk_k, blk_v = scanned
+    q, k, v = pre_attention(lw, x, positions, cfg)
+    blk_k = jnp.where(write[..., None, None],
+                      jnp.take_along_axis(k, source, axis=1), blk_k)
+    blk_v = jnp.where(write[..., None, None],
+                      jnp.take_along_axis(v, source, axis=1), blk_v)
+    keys = jnp.concatenate([mem_k.reshape(b, m * n, *k.shape[2:]), fam_k, blk_k], 1)
+    values = jnp.concatenate([mem_v.reshape(b, m * n, *v.shape[2:]), fam_v, blk_v], 1)
+    x = post_attention(lw, attend(q, keys, values, mask), x, cfg)
+    if f:
+      fam, fam_k, fam_v = jax.lax.cond(
+          jnp.any(complete),
+          lambda: _update_fam(lw, fam, fam_k, fam_v, blk_k, blk_v, state.fam_fresh,
+                              complete, block_start, next_block_start, cfg),
+          lambda: (fam, fam_k, fam_v))
+    mem_k = jnp.where(into_ring, blk_k[:, None], mem_k)
+    mem_v = jnp.where(into_ring, blk_v[:, None], mem_v)
+    return x, (fam, fam_k, fam_v, mem_k, mem_v, blk_k, blk_v)
+
+  x = embed(jnp.take(w.embedding, tokens, axis=0), cfg)
+  x, (fam, fam_k, fam_v, mem_k, mem_v, blk_k, blk_v) = jax.lax.scan(
+      layer, x, (w.layers, state.fam, state.fam_k, state.fam_v, state.memory_k,
+                 state.memory_v, state.block_k, state.block_v))
+  if not all_logits:
+    last = jnp.clip(n_new - 1, 0, c - 1)
+    x = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+  logits = output_logits(x, w.final_norm, w.embedding, w.lm_head, cfg)
+  new_state = StreamState(
+      position=next_block_start,
+      fill=jnp.where(complete, 0, end),
+      blocks_done=state.blocks_done + complete,
+      fam_fresh=state.fam_fresh & ~complete,
+      fam=fam, fam_k=fam_k, fam_v=fam_v, memory_k=mem_k, memory_v=mem_v,
+      block_k=blk_k, block_v=blk_v)
+  return logits, new_state
+
+
+def _update_fam(lw, fam, fam_k, fam_v, blk_k, blk_v, fresh, complete,
+                block_start, next_block_start, cfg: FamConfig):
+  """Algorithm 2, step 3 for streams whose block just filled up (as
+  `blockwise.fam_scan`): FAM queries see the FAM and the whole block."""
+  f = cfg.num_fam_tokens
+  arange = jnp.arange(f)
+  q, _, _ = pre_attention(lw, fam, block_start[:, None] - f + arange, cfg)
+  keys = jnp.concatenate([fam_k, blk_k], axis=1)
+  values = jnp.concatenate([fam_v, blk_v], axis=1)
+  heads = attend(q, keys, values, jnp.ones((1, 1, keys.shape[1]), bool))
+  residual = jnp.where(fresh[:, None, None], jnp.zeros_like(fam), fam)
+  new_fam = post_attention(lw, heads, residual, cfg)
+  _, new_k, new_v = pre_attention(lw, new_fam,
+                                  next_block_start[:, None] - f + arange, cfg)
+  pick = lambda new, old: jnp.where(
+      complete.reshape(-1, *[1] * (old.ndim - 1)), new, old)
+  return pick(new_fam, fam), pick(new_k, fam_k), pick(new_v, fam_v)
+
+
+_jit_step = jax.jit(_step, static_argnames=("cfg", "all_logits"),
+                    donate_argnames=("state",))
+
+
+def check_state(state: StreamState, cfg: FamConfig) -> None:
+  """Raises ValueError if `state` was not made for a model with `cfg`."""
+  layers, batch = state.fam.shape[:2]
+  m = cfg.memory_segments if cfg.is_blockwise else 0
+  want = {
+      "fam": (cfg.num_layers, batch, cfg.num_fam_tokens, cfg.d_model),
+      "fam_k": (cfg.num_layers, batch, cfg.num_fam_tokens, cfg.num_kv_heads,
+                cfg.head_dim),
+      "memory_k": (cfg.num_layers, batch, m, state.block_size, cfg.num_kv_heads,
+                   cfg.head_dim),
+  }
+  for name, shape in want.items():
+    got = tuple(getattr(state, name).shape)
+    if got != shape:
+      raise ValueError(f"this StreamState does not belong to this model: "
+                       f"state.{name} has shape {got}, the config needs {shape}")
+  if cfg.is_blockwise and state.block_size != cfg.block_size:
+    raise ValueError(f"StreamState block size {state.block_size} != "
+                     f"cfg.block_size {cfg.block_size}")
+
+
+def _check_tokens(tokens: np.ndarray, lengths: np.ndarray, cfg: FamConfig) -> None:
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [streams, length]; got shape {tokens.shape}")
+  if np.any(lengths < 1):
+    raise ValueError(f"empty prompt: stream(s) {np.flatnonzero(lengths < 1).tolist()}"
+                     " have no tokens")
+  if np.any(lengths > tokens.shape[1]):
+    raise ValueError(f"lengths {lengths.tolist()} exceed the token array "
+                     f"length {tokens.shape[1]}")
+  real = np.arange(tokens.shape[1])[None] < lengths[:, None]
+  bad = real & ((tokens < 0) | (tokens >= cfg.vocab_size))
+  if bad.any():
+    stream, index = np.argwhere(bad)[0]
+    raise ValueError(f"token id {int(tokens[stream, index])} at stream {stream}, "
+                     f"index {index} is outside the vocabulary [0, "
+                     f"{cfg.vocab_size})")
+
+
+def prefill(params, cfg: FamConfig, state: StreamState, tokens, *,
+            lengths=None, return_all_logits: bool = False,
+            chunk_size: Optional[int] = None,
+            progress: Optional[Callable[[int, int], None]] = None):
+  """Feeds any number of tokens into the streams, block by block.
+
+  Args:
+    params: model params (scanned or unscanned layers).
+    cfg: model config.
+    state: the streams' state (consumed: its buffers are donated).
+    tokens: [B, T] token ids; stream b reads tokens[b, :lengths[b]].
+    lengths: [B] tokens per stream (default T for all).
+    return_all_logits: return [B, T, V] logits of every token (zeros past a
+      stream's length) instead of [B, V] for each stream's last token. Only for
+      inputs that fit in memory.
+    chunk_size: most tokens per compiled step (default: the block size, or 512
+      for full attention).
+    progress: called with (tokens consumed, total) after every chunk.
+
+  Returns:
+    (logits, new state).
+  """
+  tokens = np.asarray(tokens)
+  if tokens.ndim == 1:
+    raise ValueError(f"tokens must be [streams, length]; got shape {tokens.shape}")
+  batch, length = tokens.shape
+  lengths = (np.full((batch,), length) if lengths is None
+             else np.asarray(lengths, np.int64))
+  _check_tokens(tokens, lengths, cfg)
+  check_state(state, cfg)
+  if state.fam.shape[1] != batch:
+    raise ValueError(f"state has {state.fam.shape[1]} streams, tokens {batch}")
+  n = state.block_size
+  if not cfg.is_blockwise:
+    used = np.asarray(state.fill)
+    if np.any(used + lengths > n):
+      raise ValueError(f"attention='full' stream capacity {n} exceeded: "
+                       f"{(used + lengths).max()} tokens")
+  chunk = chunk_size or (n if cfg.is_blockwise else min(n, 512))
+  fill = np.asarray(state.fill).astype(np.int64)
+  consumed = np.zeros((batch,), np.int64)
+  total = int(lengths.sum())
+  outputs = []
+  last_logits = None
+  while np.any(consumed < lengths):
+    take = np.minimum(np.minimum(lengths - consumed, n - fill), chunk)
+    index = np.minimum(consumed[:, None] + np.arange(chunk)[None], length - 1)
+    chunk_tokens = np.where(np.arange(chunk)[None] < take[:, None],
+                            np.take_along_axis(tokens, index, axis=1), 0)
+    logits, state = _jit_step(params, state, jnp.asarray(chunk_tokens, jnp.int32),
+                              jnp.asarray(take, jnp.int32), cfg,
+                              return_all_logits)
+    if return_all_logits:
+      outputs.append((consumed.copy(), take, np.asarray(logits)))
+    else:
+      # Keep the logits of each stream's latest real token.
+      last_logits = logits if last_logits is None else jnp.where(
+          jnp.asarray(take > 0)[:, None], logits, last_logits)
+    consumed += take
+    fill = np.where(fill + take == n, 0, fill + take) if cfg.is_blockwise else fill + take
+    if progress is not None:
+      progress(int(consumed.sum()), total)
+  if not return_all_logits:
+    return last_logits, state
+  all_logits = np.zeros((batch, length, cfg.vocab_size), np.float32)
+  for start, take, logits in outputs:
+    for s in range(batch):
+      all_logits[s, start[s]:start[s] + take[s]] = logits[s, :take[s]]
+  return all_logits, state
+
+
+def decode_step(params, cfg: FamConfig, state: StreamState, token, *,
+                active=None):
+  """Feeds one token per stream.
+
+  Args:
+    token: [B] token ids.
+    active: [B] bool; inactive streams (e.g. finished generations) are left
+      unchanged. Default all active.
+
+  Returns:
+    (logits [B, V], new state).
+  """
+  token = np.asarray(token).reshape(-1)
+  active = (np.ones(token.shape, bool) if active is None
+            else np.asarray(active, bool).reshape(-1))
+  check_state(state, cfg)
+  if token.shape[0] != state.fam.shape[1] or active.shape != token.shape:
+    raise ValueError(f"decode_step needs one token (and active flag) per stream: "
+                     f"{state.fam.shape[1]} streams, got {token.shape[0]} tokens")
+  bad = active & ((token < 0) | (token >= cfg.vocab_size))
+  if bad.any():
+    stream = int(np.flatnonzero(bad)[0])
+    raise ValueError(f"token id {int(token[stream])} of stream {stream} is outside "
+                     f"the vocabulary [0, {cfg.vocab_size})")
+  if not cfg.is_blockwise and np.any(np.asarray(state.fill)[active] >= state.block_size):
+    raise ValueError(f"attention='full' stream capacity {state.block_size} "
+                     "exceeded")
+  return _jit_step(params, state,
+                   jnp.asarray(token[:, None], jnp.int32),
+                   jnp.asarray(active, jnp.int32), cfg, False)
+
+
+def save_state(directory: str, state: StreamState, cfg: FamConfig) -> None:
+  """Writes the state and the config it belongs to (orbax + JSON)."""
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "stream.json"), "w") as f:
+    json.dump({"format": STATE_FORMAT, "config": config_to_dict(cfg)}, f,
+              indent=2, sort_keys=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(directory, "state"), state._asdict())
+  checkpointer.wait_until_finished()
+
+
+def load_state(directory: str, cfg: FamConfig) -> StreamState:
+  """Reads a state saved by save_state; refuses one saved for another config."""
+  directory = os.path.abspath(directory)
+  meta_path = os.path.join(directory, "stream.json")
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"{meta_path} not found: not a saved StreamState")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  if meta.get("format") != STATE_FORMAT:
+    raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected "
+                     f"{STATE_FORMAT!r}")
+  ours = config_to_dict(cfg)
+  differ = sorted(k for k in set(ours) | set(meta["config"])
+                  if ours.get(k) != meta["config"].get(k))
+  if differ:
+    detail = ", ".join(f"{k}: saved {meta['config'].get(k)!r}, model {ours.get(k)!r}"
+                       for k in differ)
+    raise ValueError(f"the saved stream belongs to another model config ({detail})")
+  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, "state"))
+  return StreamState(**restored)

@@ -1,0 +1,210 @@
+"""The streaming path computes what the training path computes, in constant memory."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from fam_jax import checkpoint, streaming
+from util import init_params, random_tokens, rel_err, run, tiny_config
+
+TOL = 1e-5
+
+# (attention, block_size, memory_segments, fam_length, num_kv_heads, length)
+CASES = [
+    ("full", 4, 0, 1, 2, 21),
+    ("bswa", 4, 1, 1, 2, 45),    # many blocks, ends mid-block
+    ("bswa", 8, 3, 1, 4, 64),
+    ("fam", 4, 0, 2, 2, 38),
+    ("fam", 4, 2, 4, 1, 53),
+    ("fam", 8, 3, 8, 4, 67),
+]
+
+
+@pytest.mark.parametrize("attention,n,m,f,kv,length", CASES)
+def test_prefill_equals_training_path(attention, n, m, f, kv, length):
+  cfg = tiny_config(attention=attention, block_size=n, memory_segments=m,
+                    fam_length=f, num_kv_heads=kv)
+  model, params = init_params(cfg)
+  tokens = random_tokens(cfg, 3, length)
+  expected = np.asarray(run(model, params, tokens))
+  # Streams of different lengths in one batch: they fall out of block phase.
+  lengths = np.array([length, length - 5, 7])
+  state = streaming.init_state(params, cfg, 3, capacity=128)
+  logits, state = streaming.prefill(params, cfg, state, tokens, lengths=lengths,
+                                    return_all_logits=True)
+  for b, size in enumerate(lengths):
+    assert rel_err(logits[b, :size], expected[b, :size]) <= TOL
+  np.testing.assert_array_equal(np.asarray(state.position), lengths)
+
+
+@pytest.mark.parametrize("attention", ["full", "bswa", "fam"])
+def test_chunks_and_decode_steps_equal_one_prefill(attention):
+  cfg = tiny_config(attention=attention, block_size=4, memory_segments=1,
+                    fam_length=2)
+  model, params = init_params(cfg)
+  tokens = random_tokens(cfg, 2, 30)
+  expected = np.asarray(run(model, params, tokens))
+  state = streaming.init_state(params, cfg, 2, capacity=64)
+  pieces = []
+  for start, stop in [(0, 3), (3, 10), (10, 11), (11, 22)]:
+    logits, state = streaming.prefill(params, cfg, state, tokens[:, start:stop],
+                                      return_all_logits=True, chunk_size=3)
+    pieces.append(logits)
+  for t in range(22, 30):
+    logits, state = streaming.decode_step(params, cfg, state, tokens[:, t])
+    pieces.append(np.asarray(logits)[:, None])
+  assert rel_err(np.concatenate(pieces, axis=1), expected) <= TOL
+
+
+def test_last_token_logits_and_inactive_streams():
+  cfg = tiny_config(attention="fam", block_size=4, memory_segments=1,
+                    fam_length=2)
+  model, params = init_params(cfg)
+  tokens = random_tokens(cfg, 2, 13)
+  expected = np.asarray(run(model, params, tokens))
+  state = streaming.init_state(params, cfg, 2)
+  last, state = streaming.prefill(params, cfg, state, tokens[:, :12],
+                                  lengths=[12, 9])
+  assert rel_err(last[0], expected[0, 11]) <= TOL
+  assert rel_err(last[1], expected[1, 8]) <= TOL
+  # Stream 1 sits out a decode step: its state does not move.
+  before = np.asarray(state.position)
+  logits, state = streaming.decode_step(params, cfg, state, tokens[:, 12],
+                                        active=[True, False])
+  assert rel_err(logits[0], expected[0, 12]) <= TOL
+  np.testing.assert_array_equal(np.asarray(state.position), before + [1, 0])
+
+
+def test_passed_training_state_matches_stream_state():
+  """The FAM a stream holds after whole blocks is the FAM the training path
+  returns for the same tokens."""
+  cfg = tiny_config(attention="fam", block_size=4, memory_segments=2,
+                    fam_length=3)
+  model, params = init_params(cfg)
+  tokens = random_tokens(cfg, 2, 24)
+  _, fam = run(model, params, tokens, return_fam_state=True)
+  state = streaming.init_state(params, cfg, 2)
+  _, state = streaming.prefill(params, cfg, state, tokens)
+  assert rel_err(state.fam, fam) <= TOL
+
+
+def test_bad_inputs_are_refused():
+  cfg = tiny_config(attention="fam", block_size=4, fam_length=2)
+  _, params = init_params(cfg)
+  state = streaming.init_state(params, cfg, 1)
+  with pytest.raises(ValueError, match="empty prompt"):
+    streaming.prefill(params, cfg, state, np.zeros((1, 0), np.int32))
+  with pytest.raises(ValueError, match=r"token id 61 .* outside the vocabulary"):
+    streaming.prefill(params, cfg, state, np.array([[1, 61, 2]]))
+  with pytest.raises(ValueError, match=r"token id -1 .* outside"):
+    streaming.decode_step(params, cfg, state, [-1])
+  other = cfg.replace(fam_length=3)
+  with pytest.raises(ValueError, match="does not belong to this model"):
+    streaming.prefill(params, other, state, np.array([[1, 2]]))
+  full = tiny_config(attention="full")
+  _, full_params = init_params(full)
+  with pytest.raises(ValueError, match="capacity"):
+    streaming.init_state(full_params, full, 1)
+  small = streaming.init_state(full_params, full, 1, capacity=4)
+  with pytest.raises(ValueError, match="capacity 4 exceeded"):
+    streaming.prefill(full_params, full, small, np.ones((1, 5), np.int32))
+
+
+def test_saved_state_refuses_another_config(tmp_path):
+  cfg = tiny_config(attention="fam", block_size=4, fam_length=2)
+  _, params = init_params(cfg)
+  state = streaming.init_state(params, cfg, 1)
+  streaming.save_state(str(tmp_path), state, cfg)
+  with pytest.raises(ValueError, match="memory_segments: saved 3, model 1"):
+    streaming.load_state(str(tmp_path), cfg.replace(memory_segments=1))
+  with pytest.raises(FileNotFoundError, match="not a saved StreamState"):
+    streaming.load_state(str(tmp_path / "nothing"), cfg)
+
+
+_RESUME = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from fam_jax import checkpoint, streaming
+    params, cfg = checkpoint.load_checkpoint(sys.argv[1])
+    state = streaming.load_state(sys.argv[2], cfg)
+    tail = np.load(sys.argv[3])
+    logits, _ = streaming.prefill(params, cfg, state, tail, return_all_logits=True)
+    np.save(sys.argv[4], logits)
+""")
+
+
+def test_stream_saved_after_100k_tokens_resumes_identically(tmp_path):
+  cfg = tiny_config(attention="fam", block_size=64, memory_segments=1,
+                    fam_length=8, num_kv_heads=2)
+  _, params = init_params(cfg)
+  checkpoint.save_checkpoint(str(tmp_path / "model"), params, cfg)
+  history = random_tokens(cfg, 1, 100_003, seed=7)
+  tail = random_tokens(cfg, 1, 70, seed=8)
+  state = streaming.init_state(params, cfg, 1)
+  _, state = streaming.prefill(params, cfg, state, history)
+  streaming.save_state(str(tmp_path / "stream"), state, cfg)
+  expected, _ = streaming.prefill(params, cfg, state, tail, return_all_logits=True)
+  np.save(tmp_path / "tail.npy", tail)
+  result = subprocess.run(
+      [sys.executable, "-c", _RESUME, str(tmp_path / "model"),
+       str(tmp_path / "stream"), str(tmp_path / "tail.npy"),
+       str(tmp_path / "resumed.npy")],
+      capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), expected)
+
+
+_MEMORY = textwrap.dedent("""
+    import resource, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from fam_jax import FamConfig, FamLM, streaming
+    cfg = FamConfig(vocab_size=259, num_layers=2, d_model=256, num_heads=4,
+                    num_kv_heads=4, mlp_dim=256, attention="fam", block_size=256,
+                    memory_segments=1, fam_length=16)
+    params = jax.jit(FamLM(cfg).init)(jax.random.PRNGKey(0),
+                                      jnp.zeros((1, 1), jnp.int32))["params"]
+    tokens = np.random.default_rng(0).integers(0, 259, (1, int(sys.argv[1])))
+    state = streaming.init_state(params, cfg, 1)
+    logits, state = streaming.prefill(params, cfg, state, tokens)
+    jax.block_until_ready(logits)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+""")
+
+
+def _peak_rss_kib(length: int) -> int:
+  result = subprocess.run([sys.executable, "-c", _MEMORY, str(length)],
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return int(result.stdout.split()[-1])
+
+
+def test_prefill_memory_does_not_grow_with_length(capsys):
+  """Peak RSS of prefilling 64k tokens is within 10% of 8k. For scale: a KV
+  cache of every token would add 2 layers x 2 x 4 heads x 64 x 4 B = 4 KiB per
+  token, i.e. +224 MiB between the two."""
+  short, long = _peak_rss_kib(8192), _peak_rss_kib(65536)
+  with capsys.disabled():
+    print(f"\n[streaming memory] peak RSS {short / 1024:.0f} MiB at 8k tokens, "
+          f"{long / 1024:.0f} MiB at 64k tokens (ratio {long / short:.3f})")
+  assert long <= 1.10 * short
+
+
+def test_one_compilation_serves_any_stream_length():
+  cfg = tiny_config(attention="fam", block_size=4, memory_segments=1,
+                    fam_length=2, num_layers=1, d_model=16, mlp_dim=16)
+  _, params = init_params(cfg)
+  before = streaming._jit_step._cache_size()
+  for length in (5, 17, 40):
+    state = streaming.init_state(params, cfg, 1)
+    _, state = streaming.prefill(params, cfg, state,
+                                 random_tokens(cfg, 1, length))
+    for _ in range(6):
+      _, state = streaming.decode_step(params, cfg, state, [1])
+  # One executable for block-sized chunks, one for single tokens.
+  assert streaming._jit_step._cache_size() - before == 2
