@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util  # noqa: F401  gin's resource reader uses it without importing it
+import logging
 import pathlib
 from typing import Sequence
 
@@ -15,7 +17,28 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = ()) -> None:
   """Parses gin files and `--gin.X=Y`-style bindings.
 
   Files are looked up as given, then under gin_configs/ (so 'models/tiny.gin'
-  works from anywhere).
+  works from anywhere). The config is left unlocked.
   """
   gin.add_config_file_search_path(str(GIN_CONFIGS_DIR))
-  gin.parse_config_files_and_bindings(list(files), list(bindings))
+  with _quiet_path_probes():
+    gin.parse_config_files_and_bindings(list(files), list(bindings),
+                                        finalize_config=False)
+
+
+class _DropPathProbes(logging.Filter):
+  """gin logs 'Path not found' at ERROR for every path it merely tries before
+  its search paths; those are not errors."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Path not found")
+
+
+@contextlib.contextmanager
+def _quiet_path_probes():
+  probe_filter = _DropPathProbes()
+  root = logging.getLogger()
+  root.addFilter(probe_filter)
+  try:
+    yield
+  finally:
+    root.removeFilter(probe_filter)

@@ -1,0 +1,1 @@
+"""Command-line programs of fam-jax (console scripts in pyproject.toml)."""

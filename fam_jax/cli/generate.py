@@ -1,0 +1,139 @@
+"""fam-generate: stream a prompt of any length through a FAM model and generate.
+
+    fam-generate --random-weights --gin models/tiny.gin --prompt-file book.txt
+    fam-generate --checkpoint ckpt/ --prompt "Hello" --max-new-tokens 32
+
+The prompt (a file, --prompt, or stdin) is prefilled block by block with constant
+memory and a progress bar; the generated text streams to stdout; timings and
+tokens/s go to stderr. --save-state / --resume-state keep the working memory of a
+stream between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fam_jax import checkpoint, streaming
+from fam_jax.cli.progress import ProgressBar
+from fam_jax.config import FamConfig
+from fam_jax.generate import generate
+from fam_jax.gin_utils import parse_gin
+from fam_jax.model import FamLM
+from fam_jax.sampling import SamplingConfig
+from fam_jax.tokenizer import IncrementalDecoder, load_tokenizer
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="fam-generate", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  model = p.add_mutually_exclusive_group(required=True)
+  model.add_argument("--checkpoint", help="a fam-jax checkpoint directory")
+  model.add_argument("--random-weights", action="store_true",
+                     help="random weights for a smoke test (config from --gin)")
+  p.add_argument("--gin", action="append", default=[],
+                 help="gin file(s) for --random-weights, e.g. models/tiny.gin")
+  p.add_argument("--gin-binding", action="append", default=[],
+                 help="gin bindings, e.g. \"config.FamConfig.num_layers = 4\"")
+  source = p.add_mutually_exclusive_group()
+  source.add_argument("--prompt", help="the prompt text")
+  source.add_argument("--prompt-file", help="read the prompt from a file ('-': stdin)")
+  p.add_argument("--attention", choices=["full", "bswa", "fam"],
+                 help="override the checkpoint's attention kind")
+  p.add_argument("--block-size", type=int)
+  p.add_argument("--memory-segments", type=int)
+  p.add_argument("--fam-length", type=int)
+  p.add_argument("--capacity", type=int, default=8192,
+                 help="attention='full' only: KV cache size in tokens")
+  p.add_argument("--max-new-tokens", type=int, default=64)
+  p.add_argument("--temperature", type=float, default=0.0)
+  p.add_argument("--top-k", type=int, default=0)
+  p.add_argument("--top-p", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--stop", action="append", default=[],
+                 help="stop when this text's token is generated (eos always stops)")
+  p.add_argument("--resume-state", help="continue a stream saved with --save-state")
+  p.add_argument("--save-state", help="save the stream's working memory here")
+  p.add_argument("--no-progress", action="store_true")
+  return p
+
+
+def _load_model(args):
+  """(params, cfg, tokenizer) from a checkpoint or random weights."""
+  if args.checkpoint:
+    params, cfg = checkpoint.load_checkpoint(args.checkpoint)
+  else:
+    gin.clear_config()
+    parse_gin(args.gin, args.gin_binding)
+    cfg = FamConfig()
+    params = None
+  overrides = {k: v for k, v in dict(
+      attention=args.attention, block_size=args.block_size,
+      memory_segments=args.memory_segments, fam_length=args.fam_length).items()
+               if v is not None}
+  cfg = cfg.replace(**overrides)
+  if params is None:
+    params = jax.jit(FamLM(cfg).init)(jax.random.PRNGKey(args.seed),
+                                      jnp.zeros((1, 1), jnp.int32))["params"]
+  if cfg.num_fam_tokens and "summarization_embeddings" not in params:
+    raise SystemExit("this checkpoint has no summarization_embeddings, so it "
+                     "cannot run with attention='fam'; use --attention bswa/full")
+  return params, cfg, load_tokenizer(args.checkpoint)
+
+
+def _read_prompt(args) -> str:
+  if args.prompt is not None:
+    return args.prompt
+  if args.prompt_file and args.prompt_file != "-":
+    with open(args.prompt_file, encoding="utf-8") as f:
+      return f.read()
+  return sys.stdin.read()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = _parser().parse_args(argv)
+  params, cfg, tokenizer = _load_model(args)
+  if tokenizer.vocab_size > cfg.vocab_size:
+    raise SystemExit(f"the tokenizer has {tokenizer.vocab_size} ids but the model "
+                     f"only {cfg.vocab_size}")
+  prompt = tokenizer.encode(_read_prompt(args))
+  if not prompt:
+    raise SystemExit("the prompt is empty")
+  if args.resume_state:
+    state = streaming.load_state(args.resume_state, cfg)
+  else:
+    state = streaming.init_state(params, cfg, 1, capacity=args.capacity)
+  stop = [tokenizer.eos_id] + [t for s in args.stop for t in tokenizer.encode(s)[:1]]
+  decoder = IncrementalDecoder(tokenizer)
+
+  def emit(_, token):
+    sys.stdout.write(decoder.push(token))
+    sys.stdout.flush()
+
+  progress = None if args.no_progress else ProgressBar("prefill")
+  result = generate(
+      params, cfg, state, np.asarray([prompt], np.int32),
+      max_new_tokens=args.max_new_tokens,
+      sampling=SamplingConfig(args.temperature, args.top_k, args.top_p),
+      stop_tokens=stop, seed=args.seed, on_token=emit, progress=progress)
+  sys.stdout.write(decoder.flush() + "\n")
+  sys.stdout.flush()
+  print(f"prefill: {result.prompt_tokens} tokens in {result.prefill_seconds:.2f} s "
+        f"({result.prefill_tokens_per_second:,.0f} tokens/s); generated "
+        f"{len(result.tokens[0])} tokens in {result.decode_seconds:.2f} s "
+        f"({result.decode_tokens_per_second:,.1f} tokens/s); "
+        f"attention={cfg.attention}", file=sys.stderr)
+  if args.save_state:
+    streaming.save_state(args.save_state, result.state, cfg)
+    print(f"stream state saved to {args.save_state}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

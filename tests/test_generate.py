@@ -1,0 +1,95 @@
+"""Generation: streaming + sampling against a recompute-everything loop; the CLI."""
+
+import numpy as np
+import pytest
+
+from fam_jax import checkpoint, streaming
+from fam_jax.cli.generate import main as generate_main
+from fam_jax.generate import generate
+from fam_jax.tokenizer import ByteTokenizer, IncrementalDecoder
+from util import init_params, random_tokens, run, tiny_config
+
+
+def test_greedy_generation_equals_recomputed_argmax():
+  cfg = tiny_config(attention="fam", block_size=4, memory_segments=1,
+                    fam_length=2)
+  model, params = init_params(cfg)
+  prompts = random_tokens(cfg, 2, 11)
+  lengths = np.array([11, 6])
+  result = generate(params, cfg, streaming.init_state(params, cfg, 2), prompts,
+                    lengths=lengths, max_new_tokens=9)
+  for b in range(2):
+    # The slow way: the whole sequence through the training path per token.
+    sequence = list(prompts[b, :lengths[b]])
+    for _ in range(9):
+      logits = run(model, params, np.asarray([sequence], np.int32))
+      sequence.append(int(np.argmax(logits[0, -1])))
+    assert result.tokens[b] == sequence[lengths[b]:]
+  assert result.stopped == [False, False]
+
+
+def test_stop_tokens_end_each_stream():
+  cfg = tiny_config(attention="bswa", block_size=4, memory_segments=1)
+  _, params = init_params(cfg)
+  prompts = random_tokens(cfg, 2, 5)
+  free = generate(params, cfg, streaming.init_state(params, cfg, 2), prompts,
+                  max_new_tokens=6)
+  stop = free.tokens[0][2]
+  stopped = generate(params, cfg, streaming.init_state(params, cfg, 2), prompts,
+                     max_new_tokens=6, stop_tokens=[stop])
+  assert stopped.tokens[0] == free.tokens[0][:free.tokens[0].index(stop)]
+  assert stopped.stopped[0]
+  if stop not in free.tokens[1]:
+    assert stopped.tokens[1] == free.tokens[1] and not stopped.stopped[1]
+
+
+def test_byte_tokenizer_round_trip_and_incremental_utf8():
+  tok = ByteTokenizer()
+  text = "Größe → 猫"
+  ids = tok.encode(text)
+  assert all(3 <= i < 259 for i in ids) and tok.decode(ids) == text
+  decoder = IncrementalDecoder(tok)
+  pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
+  assert "".join(pieces) == text
+  assert "" in pieces  # a multi-byte character waits for its last byte
+
+
+def test_byte_tokenizer_matches_seqio():
+  seqio = pytest.importorskip("seqio")
+  vocab = seqio.ByteVocabulary()
+  text = "FAM: Größe"
+  assert ByteTokenizer().encode(text) == list(vocab.encode(text))
+  assert ByteTokenizer.eos_id == vocab.eos_id
+  assert ByteTokenizer.vocab_size == vocab.vocab_size
+
+
+def test_cli_generates_and_resumes(tmp_path, capsys):
+  cfg = tiny_config(attention="fam", vocab_size=259, block_size=8,
+                    memory_segments=1, fam_length=2)
+  _, params = init_params(cfg)
+  checkpoint.save_checkpoint(str(tmp_path / "model"), params, cfg)
+  prompt = tmp_path / "prompt.txt"
+  prompt.write_text("The grass is green. " * 50)
+  args = ["--checkpoint", str(tmp_path / "model"), "--prompt-file", str(prompt),
+          "--max-new-tokens", "5", "--save-state", str(tmp_path / "stream")]
+  assert generate_main(args) == 0
+  out = capsys.readouterr()
+  assert "prefill: 1000 tokens" in out.err and "tokens/s" in out.err
+  assert "100.0%" in out.err  # the progress bar finished
+  assert out.out.endswith("\n")
+  assert generate_main(["--checkpoint", str(tmp_path / "model"), "--prompt",
+                        "more", "--resume-state", str(tmp_path / "stream"),
+                        "--max-new-tokens", "2", "--no-progress"]) == 0
+  assert "prefill: 4 tokens" in capsys.readouterr().err
+
+
+def test_cli_random_weights_smoke(capsys):
+  assert generate_main(["--random-weights", "--gin", "models/tiny.gin",
+                        "--prompt", "hello", "--max-new-tokens", "3",
+                        "--attention", "bswa", "--no-progress"]) == 0
+  assert "attention=bswa" in capsys.readouterr().err
+
+
+def test_cli_refuses_empty_prompt():
+  with pytest.raises(SystemExit, match="empty"):
+    generate_main(["--random-weights", "--gin", "models/tiny.gin", "--prompt", ""])
