@@ -1,8 +1,10 @@
-"""Finding and parsing the project's gin files (gin_configs/ at the repo root)."""
+"""Finding and parsing the project's gin files (gin_configs/ at the repo root),
+and writing a FamConfig as one."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util  # noqa: F401  gin's resource reader uses it without importing it
 import logging
 import pathlib
@@ -42,3 +44,14 @@ def _quiet_path_probes():
     yield
   finally:
     root.removeFilter(probe_filter)
+
+
+def config_to_gin(cfg, header: str = "") -> str:
+  """A gin file binding every FamConfig field of `cfg` (as gin_configs/models)."""
+  lines = [f"# {line}" for line in header.splitlines()]
+  lines += ["from __gin__ import dynamic_registration",
+            "from fam_jax import config", "", "config.FamConfig:"]
+  for field in dataclasses.fields(cfg):
+    value = getattr(cfg, field.name)
+    lines.append(f"  {field.name} = {value!r}")
+  return "\n".join(lines) + "\n"
