@@ -2,7 +2,13 @@
 
 `ByteTokenizer` uses the ids of `seqio.ByteVocabulary` (0 pad, 1 eos, 2 unk,
 byte b -> b + 3), so models trained on the byte-level seqio tasks generate with
-it, without seqio installed.
+it, without seqio installed. `bpe_tokenizer.BpeTokenizer` is the byte-level BPE
+of GGUF models (SmolLM2).
+
+A checkpoint directory names its tokenizer in `tokenizer.json` (fam-jax's spec
+file, not a Hugging Face tokenizer.json): `{"kind": "byte"}`, or
+`{"kind": "bpe", "file": "bpe_tokenizer.json"}` with the vocabulary, merges and
+chat template in that second file (`BpeTokenizer.save` writes both).
 """
 
 from __future__ import annotations
@@ -65,7 +71,18 @@ def save_tokenizer_spec(directory: str, spec: dict) -> None:
 
 
 def load_tokenizer(checkpoint_dir: str | None) -> Tokenizer:
-  """The tokenizer a checkpoint names in tokenizer.json; bytes by default."""
+  """The tokenizer a checkpoint names in tokenizer.json; bytes by default.
+
+  Args:
+    checkpoint_dir: a fam-jax checkpoint directory, or None.
+
+  Returns:
+    `ByteTokenizer` when there is no directory or no tokenizer.json; otherwise
+    the tokenizer of the spec's kind ('byte' or 'bpe').
+
+  Raises:
+    ValueError: an unknown kind, or a 'bpe' spec naming a file elsewhere.
+  """
   path = None if checkpoint_dir is None else os.path.join(checkpoint_dir,
                                                           TOKENIZER_FILE)
   if path is None or not os.path.exists(path):
@@ -75,4 +92,12 @@ def load_tokenizer(checkpoint_dir: str | None) -> Tokenizer:
   kind = spec.get("kind")
   if kind == "byte":
     return ByteTokenizer()
-  raise ValueError(f"{path}: unknown tokenizer kind {kind!r} (known: 'byte')")
+  if kind == "bpe":
+    from fam_jax.bpe_tokenizer import BpeTokenizer  # pylint: disable=g-import-not-at-top
+    filename = spec.get("file", "bpe_tokenizer.json")
+    if os.path.basename(filename) != filename:
+      raise ValueError(f"{path}: 'file' must name a file in the checkpoint "
+                       f"directory, got {filename!r}")
+    return BpeTokenizer.load(checkpoint_dir, filename)
+  raise ValueError(f"{path}: unknown tokenizer kind {kind!r} "
+                   "(known: 'byte', 'bpe')")
