@@ -2,9 +2,10 @@
 
 Each returns {name: value} with value in percent (0-100), averaged over the
 examples (next-token accuracy: over all tokens):
-- `rouge_l`: ROUGE-L F-measure (longest common subsequence) with the tokenizer of
-  Google's rouge-score package (lowercase ASCII letters and digits); optional
-  stemming. Narrative QA, Qasper, XLSum.
+- `rouge_l`: ROUGE-L F-measure (longest common subsequence) with the tokenizer
+  of Google's rouge-score package (lowercase ASCII letters and digits);
+  optional stemming (the paper's tasks use none [choice]). NarrativeQA,
+  Qasper, XLSum.
 - `accuracy`: exact match after collapsing whitespace. QuALITY.
 - `next_token_accuracy`: share of tokens the model predicts right given all the
   tokens before them (teacher forcing). PG-19, Isabelle.

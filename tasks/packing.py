@@ -10,9 +10,9 @@ does not say how it packs]: examples are appended to the current row while they
 fit; one that does not fit closes the row and starts the next. An example longer
 than a row cannot be kept whole anyway: it fills the open row and continues in
 as many following rows as it needs, and the next example may follow its last
-piece. Every token of every
-example appears exactly once, in order, with its loss weight. Rows are not padded
-here; `pad_lm_example` (or the auxiliary target) pads them.
+piece. Every token of every example appears exactly once, in order, with its
+loss weight. Rows are not padded here; `pad_lm_example` (or the auxiliary
+target) pads them.
 """
 
 from __future__ import annotations

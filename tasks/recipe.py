@@ -84,8 +84,8 @@ def check_length(dataset: tf.data.Dataset,
   def check(example):
     with tf.control_dependencies([tf.debugging.assert_less_equal(
         tf.size(example["targets"]), limit,
-        message=f"task '{task_name}': an example is longer than the row "
-                f"length {limit}; raise sequence_length['targets']")]):
+        message=f"task {task_name}: an example is longer than the row "
+                f"length {limit}; raise the targets sequence length")]):
       return {k: tf.identity(v) for k, v in example.items()}
 
   return dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE)

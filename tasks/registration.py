@@ -7,7 +7,8 @@ Two kinds of task come out of it:
   compares its decoded output with the target text.
 - language modelling (`inputs=None`): the feature `targets` holds the text's
   tokens (no EOS); the metric is next-token accuracy, computed from the
-  model's teacher-forced predictions (see `metrics.next_token_accuracy_with_aux`).
+  model's teacher-forced predictions
+  (see `metrics.next_token_accuracy_with_aux`).
 
 Truncation: a text longer than `min(max_length, sequence_length)` tokens is
 cut as `preprocessors.tokenize_prompt` documents: only `truncate_field` (e.g.
@@ -42,9 +43,9 @@ def make_source(source: Source, fields: Sequence[str],
   accepts.
 
   Args:
-    source: a `seqio.DataSource` (used as is); a TFDS name such as
-      "scrolls/qasper:1.0.0" (read with `seqio.TfdsDataSource`, never
-      downloaded here); a mapping split -> file glob(s) (JSON Lines, Parquet
+    source: a `seqio.DataSource` (used as is); a TFDS name with its version,
+      such as "scrolls/qasper:1.0.0" (read with `seqio.TfdsDataSource`); a
+      mapping split -> file glob(s) (JSON Lines, Parquet
       or text, see `sources.FileSource`); or a function `fn(split)` yielding
       dicts of strings (`sources.GeneratorSource`).
     fields: the string fields the task reads.
@@ -64,7 +65,8 @@ def make_source(source: Source, fields: Sequence[str],
   if isinstance(source, Mapping):
     root = None
     if local_dir is not None:
-      root = lambda: sources.local_data_dir(local_dir)  # pylint: disable=unnecessary-lambda-assignment
+      def root():
+        return sources.local_data_dir(local_dir)
     return sources.FileSource(source, fields, root=root)
   if callable(source):
     if not splits:
@@ -126,7 +128,8 @@ def register_long_context_task(
     splits: the splits of a TFDS or generator source.
     local_dir: data set name whose directory (`FAM_<NAME>_DIR` or gin
       `local_data_dir.directories`) holds relative file globs.
-    vocabulary: defaults to the gin-selected `vocabularies.CONFIGURED_VOCABULARY`.
+    vocabulary: defaults to the gin-selected
+      `vocabularies.CONFIGURED_VOCABULARY`.
 
   Returns:
     The registered `seqio.Task`.

@@ -1,26 +1,28 @@
-"""Data sources for local files and Python generators, and where local data lives.
+"""Data sources for local files and Python generators, and where local data
+lives.
 
-Nothing is downloaded: a task either reads a TFDS dataset that is already
-prepared (`seqio.TfdsDataSource`), files the user has put in a directory
-(`FileSource`), or examples made by Python code (`GeneratorSource`).
-
-Local directories are named once, by gin or by the environment (gin wins):
+Besides TFDS (`seqio.TfdsDataSource`), a task reads files the user has put in
+a directory (`FileSource`) or examples made by Python code
+(`GeneratorSource`). Local directories are named once, by gin or by the
+environment (gin wins):
 
     local_data_dir.directories = {"flan": "/data/flan", "xlsum": "/data/xlsum"}
     export FAM_FLAN_DIR=/data/flan FAM_XLSUM_DIR=/data/xlsum
 
 File formats, chosen by extension unless `file_format` is given:
 - `.jsonl` / `.json`: JSON Lines, one object per line (blank lines skipped);
-- `.parquet`: Apache Parquet (what the Hugging Face hub serves), string columns;
+- `.parquet`: Apache Parquet (what the Hugging Face hub serves), string
+  columns;
 - anything else: plain UTF-8 text, one whole file per example in `text_field`.
 
-Errors name the file and field. Missing files, an unknown format and a Parquet
-schema without a required column are found when `get_dataset` is called, as
-`FileNotFoundError`/`ValueError`. Problems of single rows (a JSON line without the
-field, a null, a non-string value) are found while reading; inside a tf.data
-pipeline TensorFlow re-raises them as `tf.errors.InvalidArgumentError` carrying the
-same message. `FileSource.validate(split)` reads a split in plain Python and raises
-the `ValueError` directly.
+Errors name the file and field. Missing files, an unknown split, a Parquet
+schema without a required string column and a first JSON line without a
+required field are found when `get_dataset` is called (`FileNotFoundError` /
+`ValueError`). Problems of later rows (a JSON line without the field, a null,
+a non-string value) are found while reading; inside a tf.data pipeline
+TensorFlow re-raises them as `tf.errors.InvalidArgumentError` carrying the
+same message. `FileSource.validate(split)` reads a split in plain Python and
+raises the `ValueError` directly.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import glob
 import inspect
 import json
 import os
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import (Any, Callable, Iterable, Iterator, Mapping, Optional,
+                    Sequence, Union)
 
 import gin
 import numpy as np
@@ -37,7 +40,8 @@ import seqio
 import tensorflow as tf
 
 FORMATS = ("jsonl", "parquet", "text")
-_EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+_EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "jsonl",
+                      ".parquet": "parquet"}
 _PARQUET_BATCH_ROWS = 256
 
 
@@ -147,7 +151,7 @@ def _first_jsonl_row(path: str, fields: Sequence[str]) -> None:
 
 
 class FileSource(seqio.DataSource):
-  """Examples of string fields read from local JSON Lines, Parquet or text files.
+  """Examples of string fields from local JSON Lines, Parquet or text files.
 
   Each example is a dict of scalar `tf.string`s, one per field in `fields`
   (other columns are ignored). Files are listed when `get_dataset` is called, so
@@ -203,8 +207,9 @@ class FileSource(seqio.DataSource):
     if split not in self._split_patterns:
       raise ValueError(f"{self!r} has no split '{split}'")
     root = self._root() if callable(self._root) else self._root
-    return tuple(p if root is None or os.path.isabs(p) else os.path.join(root, p)
-                 for p in self._split_patterns[split])
+    return tuple(
+        p if root is None or os.path.isabs(p) else os.path.join(root, p)
+        for p in self._split_patterns[split])
 
   def list_shards(self, split: str) -> list[str]:
     patterns = self._patterns(split)

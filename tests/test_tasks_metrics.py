@@ -14,7 +14,7 @@ PAIRS = [  # (reference, prediction)
     ("Paris is the capital of France.", "The capital of France is Paris!"),
     ("Running runners ran; they were running.", "The runner runs and ran."),
     ("COVID-19 cases rose 12% in 2021", "covid 19 cases rose by 12 in 2021"),
-    ("Übermäßig schöne Straße", "strasse schone"),  # Non-ASCII letters drop.
+    ("Übermäßig schöne Straße", "strasse schone"),  # Non-ASCII: dropped.
     ("no overlap at all", "entirely different words"),
     ("", "something"),
     ("only punctuation?", "!!!"),

@@ -89,7 +89,7 @@ def test_no_truncation_makes_a_long_prompt_an_error(register):
                   targets="answer", metric="accuracy", keep=None,
                   splits=["test"])
   with pytest.raises(tf.errors.InvalidArgumentError,
-                     match="t_strict: an inputs prompt is longer than 500 tokens"):
+                     match="t_strict: an inputs prompt is longer than 500"):
     read(task, {"inputs": 500, "targets": 8})
 
 
@@ -98,8 +98,8 @@ def test_prompt_with_no_room_for_the_document_is_an_error(register):
                   targets="answer", metric="accuracy",
                   truncate_field="document", splits=["test"])
   with pytest.raises(tf.errors.InvalidArgumentError,
-                     match="t_no_room: the inputs prompt leaves no room for document "
-                     "within 20 tokens"):
+                     match="t_no_room: the inputs prompt leaves no room for "
+                     "document within 20 tokens"):
     read(task, {"inputs": 20, "targets": 8})
 
 

@@ -1,4 +1,5 @@
-"""The gin-selected vocabulary: bytes by default, SentencePiece for real runs."""
+"""The gin-selected vocabulary: bytes by default, SentencePiece for real
+runs."""
 
 import os
 
