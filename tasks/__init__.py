@@ -1,4 +1,16 @@
 """seqio tasks and mixtures of fam-jax, importable as `fam_jax.tasks`.
 
 Needs the `data` extra (seqio, TensorFlow); the model in `fam_jax` does not.
+Importing registers every task and mixture; no data directory needs to exist
+until a dataset is read. Vocabulary: `vocabularies.get_vocabulary` (gin),
+bytes by default.
 """
+
+from fam_jax.tasks import passkey
+from fam_jax.tasks.registration import register_long_context_task
+from fam_jax.tasks.sources import FileSource
+from fam_jax.tasks.sources import GeneratorSource
+from fam_jax.tasks.sources import local_data_dir
+from fam_jax.tasks.vocabularies import get_vocabulary
+
+passkey.register_all()
