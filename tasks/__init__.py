@@ -6,6 +6,7 @@ until a dataset is read. Vocabulary: `vocabularies.get_vocabulary` (gin),
 bytes by default.
 """
 
+from fam_jax.tasks import flan
 from fam_jax.tasks import passkey
 from fam_jax.tasks.registration import register_long_context_task
 from fam_jax.tasks.sources import FileSource
@@ -14,3 +15,4 @@ from fam_jax.tasks.sources import local_data_dir
 from fam_jax.tasks.vocabularies import get_vocabulary
 
 passkey.register_all()
+flan.register_all()
