@@ -107,7 +107,8 @@ def fam_scan(w, fam_in: jax.Array, fresh: jax.Array, initial_fam: jax.Array,
     w: LayerWeights.
     fam_in: [B, F, D] FAM entering the first block.
     fresh: [B] bool, True where fam_in is the initial FAM: its first update then
-      uses a zero residual instead of F_0 (appendix B.1).
+      uses a zero residual instead of F_0 (appendix B.1), unless
+      cfg.first_fam_residual is 'initial'.
     initial_fam: [F, D] this layer's initial FAM F_0 (used by packed inputs when a
       new segment starts).
     k, v: [B, T, K, E] the layer's token keys (RoPE applied) and values.
@@ -152,7 +153,9 @@ def fam_scan(w, fam_in: jax.Array, fresh: jax.Array, initial_fam: jax.Array,
       seen = FamKeys(k_f, v_f)
     heads = attend(q, jnp.concatenate([k_u, block_k], axis=1),
                    jnp.concatenate([v_u, block_v], axis=1), mask)
-    residual = jnp.where(fresh_u[:, None, None], jnp.zeros_like(fam_u), fam_u)
+    residual = fam_u
+    if cfg.first_fam_residual == "zero":
+      residual = jnp.where(fresh_u[:, None, None], jnp.zeros_like(fam_u), fam_u)
     new_fam = post_attention(w, heads, residual, cfg)
     # A block of padding only (the tail of a padded batch) leaves the FAM as is.
     new_fam = jnp.where(has_tokens[:, None, None], new_fam, fam)

@@ -18,6 +18,7 @@ ACTIVATIONS = ("swiglu", "geglu")
 NORMS = ("rmsnorm", "layernorm")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots")
+FIRST_FAM_RESIDUALS = ("zero", "initial")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -53,6 +54,11 @@ class FamConfig:
     fam_length: FAM tokens `F` per layer (paper: 64). Used only by `fam`; `bswa` is
       the same computation with no FAM, so a gin override of `attention` alone
       switches between the two.
+    first_fam_residual: the residual of a layer's first FAM update (from its
+      initial FAM): `zero` as the paper's appendix B.1 says, or `initial` (the
+      initial FAM, like every later update). [choice: the paper's `zero` is the
+      default; a pretrained model converted without fine-tuning starts far
+      better from `initial`, see README "SmolLM2".]
     lora_rank: rank of the LoRA adapters; 0 disables them (paper: 64).
     lora_alpha: LoRA scaling numerator (the update is `alpha / rank * A @ B`).
       None means alpha = rank, i.e. a scale of 1 (the paper does not say).
@@ -84,6 +90,7 @@ class FamConfig:
   block_size: int = 1024
   memory_segments: int = 3
   fam_length: int = 64
+  first_fam_residual: str = "zero"
   lora_rank: int = 0
   lora_alpha: Optional[float] = None
   lora_targets: tuple[str, ...] = LORA_TARGETS
@@ -117,6 +124,8 @@ class FamConfig:
     _check_choice("param_dtype", self.param_dtype, DTYPES)
     _check_choice("attention", self.attention, ATTENTION_KINDS)
     _check_choice("remat", self.remat, REMAT_POLICIES)
+    _check_choice("first_fam_residual", self.first_fam_residual,
+                  FIRST_FAM_RESIDUALS)
     if not self.norm_eps > 0:
       _fail("norm_eps", self.norm_eps, "a number > 0")
     if not self.rope_theta > 0:

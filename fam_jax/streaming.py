@@ -246,7 +246,9 @@ def _update_fam(lw, fam, fam_k, fam_v, blk_k, blk_v, fresh, complete,
   keys = jnp.concatenate([fam_k, blk_k], axis=1)
   values = jnp.concatenate([fam_v, blk_v], axis=1)
   heads = attend(q, keys, values, jnp.ones((1, 1, keys.shape[1]), bool))
-  residual = jnp.where(fresh[:, None, None], jnp.zeros_like(fam), fam)
+  residual = fam
+  if cfg.first_fam_residual == "zero":
+    residual = jnp.where(fresh[:, None, None], jnp.zeros_like(fam), fam)
   new_fam = post_attention(lw, heads, residual, cfg)
   _, new_k, new_v = pre_attention(lw, new_fam,
                                   next_block_start[:, None] - f + arange, cfg)

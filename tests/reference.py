@@ -225,9 +225,10 @@ def _blockwise_example(x, pos, seg, layers, params, cfg, scale, state):
       mem_v = np.concatenate([v for _, v in mem]) if mem else empty
       z = np.concatenate([fam[l], initial[l][:g], h])
       residual = z.copy()
-      if fresh[l]:
-        residual[:f] = 0.0  # first FAM update: zero residual instead of F_0
-      residual[f:f + g] = 0.0  # a FAM restarted for a new segment: likewise
+      if cfg.first_fam_residual == "zero":
+        if fresh[l]:
+          residual[:f] = 0.0  # first FAM update: zero residual instead of F_0
+        residual[f:f + g] = 0.0  # a FAM restarted for a new segment: likewise
       zpos = np.concatenate([fam_pos, init_pos[:g], bpos])
       out, k, v = layer_forward(z, zpos, p, cfg, mem_k, mem_v, mask, residual)
       past[l].append((k[f + g:], v[f + g:]))

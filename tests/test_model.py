@@ -49,6 +49,7 @@ def test_matches_reference(attention, n, m, f, kv, length):
     dict(scale_embeddings=True, norm_scale_offset=1.0, rope_theta=500.0),
     dict(lora_rank=3, lora_alpha=6.0, lora_targets=("q", "v", "o", "down")),
     dict(scan_layers=False, remat="none", num_layers=3),
+    dict(first_fam_residual="initial"),
 ])
 def test_architecture_variants_match_reference(variant):
   cfg = tiny_config(attention="fam", block_size=8, memory_segments=1,
@@ -77,20 +78,21 @@ def _packed_segments(rng, batch, length, max_segment):
   return segments, positions
 
 
-@pytest.mark.parametrize("attention,n,m,f", [
-    ("fam", 4, 1, 2), ("fam", 8, 0, 4), ("fam", 4, 3, 4), ("bswa", 4, 2, 0),
-    ("full", 4, 0, 0)])
-def test_packed_inputs_match_reference(attention, n, m, f):
+@pytest.mark.parametrize("attention,n,m,f,residual", [
+    ("fam", 4, 1, 2, "zero"), ("fam", 8, 0, 4, "zero"), ("fam", 4, 3, 4, "zero"),
+    ("fam", 4, 1, 2, "initial"), ("bswa", 4, 2, 0, "zero"),
+    ("full", 4, 0, 0, "zero")])
+def test_packed_inputs_match_reference(attention, n, m, f, residual):
   cfg = tiny_config(attention=attention, block_size=n, memory_segments=m,
-                    fam_length=max(f, 1), num_kv_heads=2)
+                    fam_length=max(f, 1), num_kv_heads=2,
+                    first_fam_residual=residual)
   model, params = init_params(cfg)
   tokens = random_tokens(cfg, 3, 37)
   segments, positions = _packed_segments(np.random.default_rng(n + m), 3, 37,
                                          3 * n)
   expected, _ = reference_forward(params, cfg, tokens, positions=positions,
                                   segment_ids=segments)
-  logits = run(model, params, tokens, positions=positions,
-                       segment_ids=segments)
+  logits = run(model, params, tokens, positions=positions, segment_ids=segments)
   assert rel_err(logits, expected, where=segments != 0) <= TOL
 
 

@@ -25,9 +25,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("attention,n,m,f,kv,length", CASES)
-def test_prefill_equals_training_path(attention, n, m, f, kv, length):
+@pytest.mark.parametrize("residual", ["zero", "initial"])
+def test_prefill_equals_training_path(attention, n, m, f, kv, length, residual):
+  if residual == "initial" and attention != "fam":
+    pytest.skip("first_fam_residual matters only for attention='fam'")
   cfg = tiny_config(attention=attention, block_size=n, memory_segments=m,
-                    fam_length=f, num_kv_heads=kv)
+                    fam_length=f, num_kv_heads=kv, first_fam_residual=residual)
   model, params = init_params(cfg)
   tokens = random_tokens(cfg, 3, length)
   expected = np.asarray(run(model, params, tokens))
