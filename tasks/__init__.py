@@ -2,9 +2,8 @@
 
 Needs the `data` extra (seqio, TensorFlow); the model in `fam_jax` does not.
 Importing registers every task and mixture (PassKey, Flan, the paper's
-long-context evaluations); no data directory needs to exist
-until a dataset is read. Vocabulary: `vocabularies.get_vocabulary` (gin),
-bytes by default.
+long-context evaluations); no data directory needs to exist until a dataset
+is read. Vocabulary: `vocabularies.get_vocabulary` (gin), bytes by default.
 """
 
 from fam_jax.tasks import flan

@@ -29,8 +29,8 @@ Registered:
 - `fam_flan_packed`: the paper's training rows: examples drawn from
   `fam_flan_collection` (so the rates hold per example, as published),
   packed greedily to `sequence_length["targets"]` (8.5k in the paper) with
-  room left for the auxiliary `[repeat random segment]:` target (loss weight
-  0.1), then padded. Endless.
+  room left for the auxiliary `[repeat random segment]:` target (256 tokens,
+  loss weight 0.1; gin `auxiliary_target`), then padded. Endless.
 """
 
 from __future__ import annotations

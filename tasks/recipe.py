@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
+import gin
 import seqio
 import tensorflow as tf
 
@@ -187,23 +188,47 @@ def add_repeat_segment(dataset: tf.data.Dataset,
   return add(dataset)
 
 
-def packed_recipe(segment_length: int = REPEAT_SEGMENT_LENGTH,
-                  weight: float = REPEAT_SEGMENT_WEIGHT) -> list:
+@gin.configurable(module="fam_jax.tasks")
+def auxiliary_target(segment_length: int = REPEAT_SEGMENT_LENGTH,
+                     weight: float = REPEAT_SEGMENT_WEIGHT
+                     ) -> tuple[int, float]:
+  """Settings of the auxiliary target of packed tasks, e.g. in gin
+  `auxiliary_target.segment_length = 0` (none). Read when a dataset is built,
+  so they apply to tasks registered before gin was parsed.
+
+  Args:
+    segment_length: tokens repeated (256 in the paper; 0: no target).
+    weight: their loss weight (0.1 in the paper).
+
+  Returns:
+    (segment_length, weight).
+  """
+  return segment_length, weight
+
+
+def packed_recipe(segment_length: Optional[int] = None,
+                  weight: Optional[float] = None) -> list:
   """Packing and the auxiliary target, for LM examples, as seqio preprocessors.
 
   Args:
-    segment_length: tokens repeated by the auxiliary target (0: none).
-    weight: their loss weight.
+    segment_length: tokens repeated by the auxiliary target (0: none); None
+      takes `auxiliary_target()`'s (gin) when the dataset is built.
+    weight: their loss weight; None likewise.
 
   Returns:
     [pack, add_repeat_segment] with these settings.
   """
 
+  def settings():
+    default_length, default_weight = auxiliary_target()
+    return (default_length if segment_length is None else segment_length,
+            default_weight if weight is None else weight)
+
   def pack_rows(dataset, sequence_length, output_features):
-    return pack(dataset, sequence_length, output_features, segment_length)
+    return pack(dataset, sequence_length, output_features, settings()[0])
 
   def add_auxiliary(dataset, sequence_length, output_features):
     return add_repeat_segment(dataset, sequence_length, output_features,
-                              segment_length, weight)
+                              *settings())
 
   return [pack_rows, add_auxiliary]

@@ -6,6 +6,7 @@ import json
 import pathlib
 import shutil
 
+import gin
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -135,6 +136,27 @@ def test_packed_training_rows(flan_dir):
       prompt = len(VOCAB.encode(texts[text]["inputs"] + "\n"))
       np.testing.assert_array_equal(weights[s:s + prompt], 0)
       np.testing.assert_array_equal(weights[s + prompt:e + 1], 1)
+
+
+def test_auxiliary_target_settings_follow_gin(flan_dir):
+  gin.parse_config("""
+      auxiliary_target.segment_length = 32
+      auxiliary_target.weight = 0.25
+  """)
+  try:
+    rows = read(flan.PACKED_TASK_NAME, {"targets": 400}, n=3, seed=1)
+  finally:
+    gin.clear_config()
+  for row in rows:
+    weights = row["loss_weights"]
+    assert np.isclose(weights, 0.25).sum() == 32
+    assert not np.isclose(weights, 0.1).any()
+  # Rows reserve room for the shorter target only, so they hold more
+  # example tokens than a 256-token target would leave room for.
+  prompt = len(VOCAB.encode(recipe.REPEAT_SEGMENT_PROMPT))
+  content = [int(np.nonzero(r["targets"])[0][-1]) + 1 - 32 - prompt
+             for r in rows]
+  assert max(content) > 400 - 256 - prompt
 
 
 def test_missing_directory_field_and_empty_text_are_named(
