@@ -10,10 +10,11 @@ test the paper follows]:
     What is the pass key? The pass key is
 
 with target " {k}". There is no filler before the key (as in the paper). Keys
-are uniform in 1..50000. The filler is whole sentences of the five-sentence
-cycle, cut after the sentence that brings it closest to a token count drawn
-uniformly from the requested range; its length is measured in tokens of the
-vocabulary in force (gin), and always lands in [min, max] of the range.
+are uniform in 1..50000. The filler is the longest run of whole sentences of
+the five-sentence cycle within a token budget drawn uniformly from
+[min + s, max], where s bounds the tokens one sentence adds; so its length,
+counted in tokens of the vocabulary in force (gin) for the filler text
+alone, always lands in [min, max].
 
 Registered tasks:
 - `fam_passkey_train`: training, filler 2k-18k tokens (the paper's), LM
