@@ -114,22 +114,30 @@ def test_config_follows_the_checkpoint(converted):
   assert cfg.rope_theta == fields.get("rope_theta", 10_000.0)
 
 
-def test_summarization_embeddings_start_as_vocabulary_rows(tmp_path):
+def test_summarization_embeddings_initialisations(tmp_path):
   _save_random_model("llama-gqa-untied", str(tmp_path))
   params, _ = convert_hf(str(tmp_path), attention="fam", block_size=8,
-                         fam_length=5, seed=3)
-  table = params["token_embedder"]["embedding"]
-  rows = params["summarization_embeddings"]
+                         fam_length=5)
+  table = np.asarray(params["token_embedder"]["embedding"])
+  bos = json.load(open(os.path.join(tmp_path, "config.json")))["bos_token_id"]
+  np.testing.assert_array_equal(params["summarization_embeddings"],
+                                np.repeat(table[bos:bos + 1], 5, axis=0))
+  params, _ = convert_hf(str(tmp_path), attention="fam", block_size=8,
+                         fam_length=5, seed=3, fam_init="vocab")
+  rows = np.asarray(params["summarization_embeddings"])
   matches = [np.flatnonzero((table == row).all(axis=1)) for row in rows]
   assert all(len(m) == 1 for m in matches)
   assert len({int(m[0]) for m in matches}) == 5  # distinct tokens
   other, _ = convert_hf(str(tmp_path), attention="fam", block_size=8,
-                        fam_length=5, seed=4)
+                        fam_length=5, seed=4, fam_init="vocab")
   assert not np.array_equal(other["summarization_embeddings"], rows)
   rand, _ = convert_hf(str(tmp_path), attention="fam", block_size=8,
                        fam_length=5, fam_init="random")
   assert np.std(rand["summarization_embeddings"]) == pytest.approx(
       np.std(table), rel=0.5)
+  _edit_config(str(tmp_path), bos_token_id=None)
+  with pytest.raises(ConversionError, match="fam_init='bos' needs"):
+    convert_hf(str(tmp_path), attention="fam", block_size=8, fam_length=5)
 
 
 def test_cli_writes_a_checkpoint_generate_can_load(tmp_path, capsys):

@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--block-size", type=int, default=1024, help="N (paper: 1024)")
   p.add_argument("--memory-segments", type=int, default=3, help="m (paper: 3)")
   p.add_argument("--fam-length", type=int, default=64, help="F (paper: 64)")
-  p.add_argument("--fam-init", choices=FAM_INITS, default="vocab",
+  p.add_argument("--fam-init", choices=FAM_INITS, default="bos",
                  help="initial summarization embeddings (see "
                  "fam_jax/convert/mapping.py)")
   p.add_argument("--seed", type=int, default=0)
@@ -63,20 +63,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       from fam_jax.convert.hf import convert_hf  # pylint: disable=g-import-not-at-top
       params, cfg = convert_hf(args.hf, fam_init=args.fam_init, seed=args.seed,
                                **fields)
-      source, family = args.hf, "hf"
+      source, tokenizer = args.hf, None
     else:
-      from fam_jax.convert.gguf import convert_gguf  # pylint: disable=g-import-not-at-top
-      params, cfg = convert_gguf(args.gguf, fam_init=args.fam_init,
-                                 seed=args.seed, **fields)
-      source, family = args.gguf, "gguf"
+      from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
+      gguf_file = gguf.GgufCheckpoint(args.gguf)
+      params, cfg = gguf.convert_source(gguf_file, fam_init=args.fam_init,
+                                        seed=args.seed, **fields)
+      tokenizer = gguf_file.tokenizer()
+      source = args.gguf
   except (ConversionError, ValueError) as e:
     raise SystemExit(f"fam-convert: {e}") from None
   checkpoint.save_checkpoint(args.out, params, cfg)
   with open(os.path.join(args.out, GIN_FILE), "w") as f:
     f.write(config_to_gin(cfg, header=f"Converted by fam-convert from {source}"))
-  if family == "gguf":
-    from fam_jax.convert.gguf import save_gguf_tokenizer  # pylint: disable=g-import-not-at-top
-    save_gguf_tokenizer(args.gguf, args.out)
+  if tokenizer is not None:
+    tokenizer.save(args.out)
   print(f"fam-convert: {source} ({cfg.num_layers} layers, d_model "
         f"{cfg.d_model}) -> {args.out} (attention={cfg.attention}) in "
         f"{time.perf_counter() - start:.1f} s", file=sys.stderr)

@@ -104,7 +104,7 @@ class SafetensorsCheckpoint:
                      shape=shape)
 
 
-def convert_hf(directory: str, *, fam_init: str = "vocab", seed: int = 0,
+def convert_hf(directory: str, *, fam_init: str = "bos", seed: int = 0,
                **fam_fields) -> tuple[dict[str, Any], FamConfig]:
   """(FamLM params, FamConfig) of a Hugging Face checkpoint.
 
@@ -115,7 +115,9 @@ def convert_hf(directory: str, *, fam_init: str = "vocab", seed: int = 0,
     **fam_fields: FamConfig fields the checkpoint does not decide (attention,
       block_size, memory_segments, fam_length, param_dtype...).
   """
-  cfg = config_from_hf(load_hf_config(directory), **fam_fields)
+  hf = load_hf_config(directory)
+  cfg = config_from_hf(hf, **fam_fields)
   params = convert_params(SafetensorsCheckpoint(directory), cfg,
-                          fam_init=fam_init, seed=seed)
+                          fam_init=fam_init, seed=seed,
+                          bos_token_id=hf.get("bos_token_id"))
   return params, cfg
