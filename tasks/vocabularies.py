@@ -2,12 +2,16 @@
 
 `get_vocabulary()` is the one gin-configurable choice: `seqio.ByteVocabulary` by
 default (works offline, 259 ids), `seqio.SentencePieceVocabulary` for real runs
-(the paper used a 256k SentencePiece vocabulary):
+(the paper used a 256k SentencePiece vocabulary), or the byte-level BPE stored in
+a GGUF file (`GgufVocabulary`, e.g. SmolLM2's, offline):
 
     get_vocabulary.kind = "sentencepiece"
     get_vocabulary.sentencepiece_model_file = "/path/to/spm.model"
 
-(`gin_configs/tasks/sentencepiece.gin` does this given a model file.)
+    get_vocabulary.kind = "gguf"
+    get_vocabulary.gguf_file = "smollm2"   # or a path to a .gguf file
+
+(`gin_configs/tasks/sentencepiece.gin` and `smollm2.gin` do this.)
 
 Tasks are registered when `fam_jax.tasks` is imported, which in a gin-driven run
 happens while the gin files are still being parsed, before the bindings above
@@ -23,16 +27,83 @@ from typing import Optional
 
 from absl import logging
 import gin
+import numpy as np
 import seqio
+import tensorflow as tf
 
-KINDS = ("byte", "sentencepiece")
+KINDS = ("byte", "sentencepiece", "gguf")
+
+
+class GgufVocabulary(seqio.Vocabulary):
+  """The byte-level BPE tokenizer of a GGUF file (`fam_jax.bpe_tokenizer`).
+
+  Ids are the model's own, so tasks feed a converted GGUF model directly. Text
+  is encoded with `allow_special=False`: a document that happens to contain
+  "<|im_end|>" gets the characters, not the control token. seqio pads with id
+  0 (SmolLM2: `<|endoftext|>`); loss weights and segment ids ignore padding.
+  """
+
+  def __init__(self, gguf_file: str, extra_ids: int = 0):
+    from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
+    path = (gguf.packaged_gguf(gguf_file) if gguf_file in gguf.PACKAGED
+            else gguf_file)
+    self.gguf_file = path
+    self.tokenizer = gguf.GgufCheckpoint(path).tokenizer()
+    super().__init__(extra_ids=extra_ids)
+
+  @property
+  def eos_id(self) -> int:
+    return self.tokenizer.eos_id
+
+  @property
+  def unk_id(self) -> Optional[int]:
+    return self.tokenizer.unk_id
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.tokenizer.vocab_size
+
+  def _encode(self, s: str) -> list[int]:
+    return self.tokenizer.encode(s, allow_special=False)
+
+  def _decode(self, ids) -> str:
+    return self.tokenizer.decode([int(i) for i in ids])
+
+  def _encode_tf(self, s):
+    if s.shape.rank != 0:
+      raise ValueError("GgufVocabulary.encode_tf takes one string (rank 0); "
+                       f"got rank {s.shape.rank}")
+    # An array, not a list: py_function reads a returned list as many outputs.
+    ids = tf.py_function(
+        lambda t: np.asarray(self._encode(t.numpy().decode("utf-8")), np.int32),
+        [s], tf.int32)
+    return tf.ensure_shape(ids, [None])
+
+  def _decode_tf(self, ids):
+    text = tf.py_function(lambda t: self._decode(t.numpy().tolist()), [ids],
+                          tf.string)
+    return tf.ensure_shape(text, [])
+
+  def __eq__(self, other):
+    return (isinstance(other, GgufVocabulary)
+            and other.gguf_file == self.gguf_file
+            and other.extra_ids == self.extra_ids)
+
+  def __hash__(self):
+    return hash((self.gguf_file, self.extra_ids))
+
+  def __str__(self):
+    return f"GgufVocabulary({self.gguf_file})"
 
 
 @functools.lru_cache(maxsize=None)
-def _load(kind: str, sentencepiece_model_file: Optional[str],
+def _load(kind: str, model_file: Optional[str],
           extra_ids: int) -> seqio.Vocabulary:
   if kind == "byte":
     return seqio.ByteVocabulary(extra_ids=extra_ids)
+  if kind == "gguf":
+    return GgufVocabulary(model_file, extra_ids=extra_ids)
+  sentencepiece_model_file = model_file
   vocab = seqio.SentencePieceVocabulary(sentencepiece_model_file,
                                         extra_ids=extra_ids)
   if vocab.unk_id == vocab.pad_id:
@@ -46,14 +117,18 @@ def _load(kind: str, sentencepiece_model_file: Optional[str],
 @gin.configurable(module="fam_jax.tasks")
 def get_vocabulary(kind: str = "byte",
                    sentencepiece_model_file: Optional[str] = None,
-                   extra_ids: int = 0) -> seqio.Vocabulary:
+                   extra_ids: int = 0,
+                   gguf_file: Optional[str] = None) -> seqio.Vocabulary:
   """The vocabulary every fam-jax task tokenizes with.
 
   Args:
-    kind: `byte` (seqio.ByteVocabulary, the offline default) or `sentencepiece`.
+    kind: `byte` (seqio.ByteVocabulary, the offline default), `sentencepiece`
+      or `gguf`.
     sentencepiece_model_file: path of the SentencePiece model; required by
       `sentencepiece`.
     extra_ids: sentinel ids appended to the vocabulary (seqio's `extra_ids`).
+    gguf_file: a .gguf file, or the name of a packaged one ('smollm2');
+      required by `gguf`.
 
   Returns:
     The vocabulary (one instance per distinct setting).
@@ -63,9 +138,11 @@ def get_vocabulary(kind: str = "byte",
   if kind == "sentencepiece" and not sentencepiece_model_file:
     raise ValueError("get_vocabulary.kind='sentencepiece' needs "
                      "get_vocabulary.sentencepiece_model_file")
-  if kind == "byte":
-    sentencepiece_model_file = None
-  return _load(kind, sentencepiece_model_file, int(extra_ids))
+  if kind == "gguf" and not gguf_file:
+    raise ValueError("get_vocabulary.kind='gguf' needs get_vocabulary.gguf_file")
+  model_file = {"byte": None, "sentencepiece": sentencepiece_model_file,
+                "gguf": gguf_file}[kind]
+  return _load(kind, model_file, int(extra_ids))
 
 
 class ConfiguredVocabulary(seqio.Vocabulary):

@@ -73,3 +73,34 @@ def test_the_sentencepiece_gin_file_selects_the_model():
     gin.clear_config()
   assert isinstance(vocabularies.CONFIGURED_VOCABULARY.vocabulary,
                     seqio.ByteVocabulary)
+
+
+@pytest.mark.smollm2
+def test_smollm2_gin_file_tokenizes_tasks_with_the_gguf_bpe():
+  """PassKey read end to end in SmolLM2's own token ids (offline, from GGUF)."""
+  from fam_jax.convert import gguf
+  try:
+    gguf.packaged_gguf("smollm2")
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
+  parse_gin(["tasks/smollm2.gin"])
+  try:
+    vocab = vocabularies.CONFIGURED_VOCABULARY.vocabulary
+    assert isinstance(vocab, vocabularies.GgufVocabulary)
+    assert vocab.vocab_size == 49152 and vocab.eos_id == 2
+    ex = next(seqio.get_mixture_or_task("fam_passkey_1k").get_dataset(
+        {"inputs": 1400, "targets": 16}, "validation", shuffle=False)
+              .as_numpy_iterator())
+  finally:
+    gin.clear_config()
+  tokenizer = vocab.tokenizer
+  prompt = ex["inputs_pretokenized"].decode()
+  answer = ex["targets_pretokenized"].decode()
+  assert ex["inputs"].tolist() == tokenizer.encode(prompt, allow_special=False)
+  assert ex["targets"].tolist() == tokenizer.encode(answer) + [tokenizer.eos_id]
+  filler = prompt.split("\n")[2]
+  assert 1024 - 32 <= len(tokenizer.encode(filler)) <= 1024
+  assert f"The pass key is{answer}." in prompt
+  assert vocab.decode(ex["inputs"].tolist()) == prompt
+  # A document containing a control token's text keeps the characters.
+  assert vocab.encode("<|im_end|>") != [tokenizer.eos_id]
