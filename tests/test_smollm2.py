@@ -16,11 +16,12 @@ pytestmark = pytest.mark.smollm2
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from fam_jax import FamLM  # noqa: E402
+from fam_jax import FamLM, checkpoint  # noqa: E402
 from fam_jax.convert import gguf  # noqa: E402
 from fam_jax.evaluation import token_nll  # noqa: E402
 from fam_jax.generate import generate  # noqa: E402
 from fam_jax import streaming  # noqa: E402
+from fam_jax.tokenizer import load_tokenizer  # noqa: E402
 from util import rel_err, run  # noqa: E402
 
 TOL = 1e-4  # issue #6: float32 relative error vs transformers
@@ -122,3 +123,26 @@ def test_streaming_perplexity_equals_training_path(source, text_ids, fields,
   assert abs(math.exp(streamed.mean()) - ppl) <= 1e-5 * ppl
   if max_ppl:
     assert 1.5 < ppl < max_ppl
+
+
+def test_converted_checkpoint_chats_through_fam_generate(tokenizer, tmp_path,
+                                                         capsys):
+  from fam_jax.cli import convert as convert_cli
+  from fam_jax.cli import generate as generate_cli
+  out = str(tmp_path / "smollm2")
+  assert convert_cli.main(["--gguf", "smollm2", "--out", out]) == 0
+  params, cfg = checkpoint.load_checkpoint(out)
+  assert cfg.attention == "fam" and cfg.fam_length == 64  # the paper's defaults
+  # F copies of <|im_start|> (the BOS id of the file).
+  bos = params["token_embedder"]["embedding"][1]
+  assert np.array_equal(params["summarization_embeddings"],
+                        np.broadcast_to(bos, (64, cfg.d_model)))
+  messages = [{"role": "user", "content": "Hi  123"}]
+  assert load_tokenizer(out).encode_chat(messages) == tokenizer.encode_chat(
+      messages)
+  capsys.readouterr()
+  assert generate_cli.main(
+      ["--checkpoint", out, "--attention", "full", "--chat", "--prompt",
+       "What is the capital of France?", "--max-new-tokens", "12",
+       "--no-progress"]) == 0
+  assert capsys.readouterr().out.strip() == "The capital of France is Paris."

