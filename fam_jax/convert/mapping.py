@@ -274,9 +274,9 @@ def convert_params(source: TensorSource, cfg: FamConfig, *, fam_init: str = "bos
     out[("summarization_embeddings",)] = init_summarization(
         out[("token_embedder", "embedding")], cfg.num_fam_tokens, fam_init,
         seed, bos_token_id).astype(dtype)
-  # Hand over to JAX one leaf at a time, dropping each NumPy copy: orbax then
-  # saves device arrays, which costs ~0.4x the model less peak memory than
-  # saving NumPy arrays (measured on a 156M-parameter Llama).
+  # Hand over to JAX one leaf at a time, dropping each NumPy copy: orbax saves
+  # device arrays with about one model size less peak memory than NumPy arrays
+  # (fam-convert of a 594 MiB Llama: peak RSS 1.36 GiB instead of 1.94 GiB).
   for key in out:
     out[key] = jax.device_put(out[key])
   return traverse_util.unflatten_dict(out)
