@@ -17,11 +17,14 @@ import subprocess
 import sys
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 import jax, jax.numpy as jnp, numpy as np
 from fam_jax import FamConfig, FamLM, streaming
 from fam_jax.gin_utils import parse_gin
 parse_gin(sys.argv[2].split(","), [b for b in sys.argv[3:] if b])
+def peak_rss_kib():  # VmHWM: ru_maxrss would include the parent's peak
+  return int(next(line.split()[1] for line in open("/proc/self/status")
+                  if line.startswith("VmHWM:")))
 cfg = FamConfig()
 params = jax.jit(FamLM(cfg).init)(jax.random.PRNGKey(0),
                                   jnp.zeros((1, 1), jnp.int32))["params"]
@@ -36,7 +39,7 @@ logits, state = streaming.prefill(params, cfg, state, tokens)
 jax.block_until_ready(logits)
 seconds = time.perf_counter() - start
 print(json.dumps(dict(length=length, seconds=seconds,
-                      peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      peak_rss_mib=peak_rss_kib() / 1024,
                       config=dict(attention=cfg.attention, block_size=cfg.block_size,
                                   memory_segments=cfg.memory_segments,
                                   fam_length=cfg.fam_length, d_model=cfg.d_model,
