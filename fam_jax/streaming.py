@@ -361,6 +361,9 @@ def prefill(params, cfg: FamConfig, state: StreamState, tokens, *,
     consumed += take
     fill = np.where(fill + take == n, 0, fill + take) if cfg.is_blockwise else fill + take
     if progress is not None:
+      # Report computed tokens, not dispatched ones: JAX runs asynchronously,
+      # and a bar that races ahead of the work gives wrong tokens/s.
+      jax.block_until_ready(logits)
       progress(int(consumed.sum()), total)
   if not return_all_logits:
     return last_logits, state
