@@ -89,11 +89,21 @@ def read_metadata(path: str) -> dict[str, Any]:
 
   Arrays come back as lists (e.g. `tokenizer.ggml.tokens`), strings as str.
   """
-  return {name: field.contents() for name, field in _reader(path).fields.items()}
+  return _metadata(_reader(path))
+
+
+def _metadata(reader) -> dict[str, Any]:
+  return {name: field.contents() for name, field in reader.fields.items()}
 
 
 def hf_config(metadata: dict[str, Any], tensor_names) -> dict[str, Any]:
-  """The Hugging Face config.json equivalent of a GGUF header."""
+  """The Hugging Face config.json equivalent of a GGUF header.
+
+  Args:
+    metadata: the header (`read_metadata`).
+    tensor_names: the file's tensor names (a file without `output.weight` ties
+      the output projection to the embedding).
+  """
   arch = metadata.get("general.architecture")
   if arch not in ARCHITECTURES:
     raise ConversionError(f"GGUF architecture {arch!r} is not supported "
@@ -145,11 +155,10 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 class GgufCheckpoint:
   """The tensors of a GGUF file under Hugging Face names, dequantized."""
 
-  def __init__(self, path: str, metadata: Optional[dict[str, Any]] = None):
+  def __init__(self, path: str):
     self._reader = _reader(path)
     self._tensors = {t.name: t for t in self._reader.tensors}
-    self.metadata = metadata or {
-        name: field.contents() for name, field in self._reader.fields.items()}
+    self.metadata = _metadata(self._reader)
     self.config = hf_config(self.metadata, self._tensors)
     self._gguf_name = {}
     for gguf_name, hf_name in _TOP_NAMES.items():
