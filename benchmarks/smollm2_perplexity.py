@@ -49,7 +49,7 @@ def main() -> None:
   parser.add_argument("--max-tokens", type=int, default=0,
                       help="score only the first N tokens (0: all)")
   args = parser.parse_args()
-  source = gguf.GgufCheckpoint(gguf.packaged_gguf("smollm2"))
+  source = gguf.GgufCheckpoint("smollm2")
   with open(args.text, encoding="utf-8") as f:
     tokens = np.asarray(source.tokenizer().encode(f.read()), np.int32)
   if args.max_tokens:

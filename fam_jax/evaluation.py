@@ -1,7 +1,7 @@
 """Perplexity of a token sequence, by the training path or by streaming.
 
     nll = token_nll(params, cfg, tokens)                     # layer-major, one call
-    nll = token_nll(params, cfg, tokens, streaming=True)     # block by block
+    nll = token_nll(params, cfg, tokens, streaming_path=True)  # block by block
     ppl = math.exp(nll.mean())
 
 Both orders compute the same numbers (tests/test_smollm2.py checks it on a real

@@ -45,10 +45,9 @@ class GgufVocabulary(seqio.Vocabulary):
 
   def __init__(self, gguf_file: str, extra_ids: int = 0):
     from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
-    path = (gguf.packaged_gguf(gguf_file) if gguf_file in gguf.PACKAGED
-            else gguf_file)
-    self.gguf_file = path
-    self.tokenizer = gguf.GgufCheckpoint(path).tokenizer()
+    source = gguf.GgufCheckpoint(gguf_file)
+    self.gguf_file = source.path
+    self.tokenizer = source.tokenizer()
     super().__init__(extra_ids=extra_ids)
 
   @property

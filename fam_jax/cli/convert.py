@@ -69,9 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       source, tokenizer = args.hf, None
     else:
       from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
-      path = (gguf.packaged_gguf(args.gguf) if args.gguf in gguf.PACKAGED
-              else args.gguf)
-      gguf_file = gguf.GgufCheckpoint(path)
+      gguf_file = gguf.GgufCheckpoint(args.gguf)
       params, cfg = gguf.convert_source(gguf_file, fam_init=args.fam_init,
                                         seed=args.seed, **fields)
       tokenizer = gguf_file.tokenizer()

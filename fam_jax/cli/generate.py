@@ -84,9 +84,7 @@ def _overrides(args) -> dict:
 
 def _load_gguf(args):
   from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
-  path = (gguf.packaged_gguf(args.gguf) if args.gguf in gguf.PACKAGED
-          else args.gguf)
-  source = gguf.GgufCheckpoint(path)
+  source = gguf.GgufCheckpoint(args.gguf)
   params, cfg = gguf.convert_source(source, **_overrides(args))
   return params, cfg, source.tokenizer()
 

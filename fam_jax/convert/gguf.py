@@ -74,6 +74,12 @@ def packaged_gguf(name: str) -> str:
   return path
 
 
+def resolve(path_or_name: str) -> str:
+  """A GGUF path as given, or the file of a packaged model ('smollm2')."""
+  return (packaged_gguf(path_or_name) if path_or_name in PACKAGED
+          else path_or_name)
+
+
 def _reader(path: str):
   import gguf  # pylint: disable=g-import-not-at-top
   try:
@@ -85,11 +91,12 @@ def _reader(path: str):
 
 
 def read_metadata(path: str) -> dict[str, Any]:
-  """Every key/value of a GGUF file's header as plain Python values.
+  """Every key/value of a GGUF file's header (a path or a packaged model's
+  name) as plain Python values.
 
   Arrays come back as lists (e.g. `tokenizer.ggml.tokens`), strings as str.
   """
-  return _metadata(_reader(path))
+  return _metadata(_reader(resolve(path)))
 
 
 def _metadata(reader) -> dict[str, Any]:
@@ -156,7 +163,9 @@ class GgufCheckpoint:
   """The tensors of a GGUF file under Hugging Face names, dequantized."""
 
   def __init__(self, path: str):
-    self._reader = _reader(path)
+    """Opens `path`, a .gguf file or a packaged model's name (see PACKAGED)."""
+    self.path = resolve(path)
+    self._reader = _reader(self.path)
     self._tensors = {t.name: t for t in self._reader.tensors}
     self.metadata = _metadata(self._reader)
     self.config = hf_config(self.metadata, self._tensors)
