@@ -21,6 +21,8 @@ Registered tasks:
   features (`targets`, `loss_weights`: 1 on the answer and EOS only), one
   example per row padded to `sequence_length["targets"]`; endless "train"
   split, 100-example "validation".
+- `fam_passkey_train_short`: as `fam_passkey_train` with 256-1024 filler
+  tokens, for small models and CPU runs (`gin_configs/train/tiny_passkey.gin`).
 - `fam_passkey_{1k,4k,16k,64k,256k}`: evaluation, filler of
   [L - 32, L] tokens, `inputs`/`targets` features, metric
   `passkey_accuracy`; "validation" and "test" splits of 100 examples.
@@ -52,6 +54,7 @@ QUESTION = "What is the pass key? The pass key is"
 KEY_RANGE = (1, 50000)
 
 TRAIN_FILLER_TOKENS = (2048, 18432)
+SHORT_TRAIN_FILLER_TOKENS = (256, 1024)
 EVAL_FILLER_LENGTHS = {"1k": 1024, "4k": 4096, "16k": 16384, "64k": 65536,
                        "256k": 262144}
 EVAL_TOLERANCE = 32  # Evaluation fillers hold [L - 32, L] tokens.
@@ -231,6 +234,8 @@ def register_passkey_training_task(
 def register_all() -> None:
   """Registers the PassKey tasks listed in the module docstring."""
   register_passkey_training_task("fam_passkey_train")
+  register_passkey_training_task("fam_passkey_train_short",
+                                 SHORT_TRAIN_FILLER_TOKENS)
   for label, length in EVAL_FILLER_LENGTHS.items():
     register_passkey_task(f"fam_passkey_{label}",
                           (length - EVAL_TOLERANCE, length))

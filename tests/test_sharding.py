@@ -1,4 +1,4 @@
-"""Logical axes shard the model over a (data, model) mesh without changing it."""
+"""Logical axes shard the model over a (data, fsdp, tensor) mesh without changing it."""
 
 import os
 import subprocess
@@ -27,11 +27,11 @@ _SCRIPT = textwrap.dedent("""
     tokens = random_tokens(cfg, 2, 13)
     single = model.apply({{"params": variables["params"]}}, tokens)
 
-    mesh = make_mesh(model_parallel=2)
+    mesh = make_mesh(data=1, tensor=2)
     params = jax.device_put(variables["params"],
                             param_shardings(variables["params_axes"], mesh))
     gate = params["layers"]["mlp"]["gate"]["kernel"]
-    assert gate.sharding.spec == jax.sharding.PartitionSpec(None, None, "model")
+    assert gate.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     assert len(gate.addressable_shards) == 2
     assert gate.addressable_shards[0].data.shape == (2, 32, 24)
     with nn.logical_axis_rules(LOGICAL_AXIS_RULES), jax.set_mesh(mesh):
@@ -52,5 +52,10 @@ def test_two_way_model_parallel_forward_matches_single_device():
 
 
 def test_mesh_needs_a_divisor_of_the_devices():
-  with pytest.raises(ValueError, match="model_parallel"):
-    make_mesh(model_parallel=0)
+  with pytest.raises(ValueError, match="tensor=0"):
+    make_mesh(tensor=0)
+  with pytest.raises(ValueError, match="fsdp=3 × tensor=1 does not divide"):
+    make_mesh(fsdp=3, devices=[object()] * 4)
+  with pytest.raises(ValueError, match="data=2 × fsdp=1 × tensor=1 = 2 devices, "
+                     "but there are 4"):
+    make_mesh(data=2, devices=[object()] * 4)

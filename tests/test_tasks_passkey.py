@@ -76,11 +76,14 @@ def test_eval_prompts_are_never_cut():
     read("fam_passkey_1k", "test", {"inputs": 1000, "targets": 16}, 1)
 
 
-def test_training_task_rows():
-  low, high = passkey.TRAIN_FILLER_TOKENS
-  assert (low, high) == (2048, 18432)  # 2k-18k, the paper's.
+@pytest.mark.parametrize("name,filler", [
+    ("fam_passkey_train", (2048, 18432)),  # 2k-18k, the paper's.
+    ("fam_passkey_train_short", (256, 1024)),
+])
+def test_training_task_rows(name, filler):
+  low, high = filler
   length = high + 400
-  for ex in read("fam_passkey_train", "train", {"targets": length}, 3):
+  for ex in read(name, "train", {"targets": length}, 3):
     targets, weights = ex["targets"], ex["loss_weights"]
     assert targets.shape == weights.shape == (length,)
     used = int(np.sum(targets != 0))
@@ -95,9 +98,9 @@ def test_training_task_rows():
     np.testing.assert_array_equal(weights[:used - answer], 0)
     np.testing.assert_array_equal(weights[used - answer:used], 1)
   with pytest.raises(tf.errors.InvalidArgumentError,
-                     match="fam_passkey_train: an example is longer than the "
-                     "row length 2000"):
-    read("fam_passkey_train", "train", {"targets": 2000}, 1)
+                     match=f"{name}: an example is longer than the "
+                     f"row length {low - 48}"):
+    read(name, "train", {"targets": low - 48}, 1)
 
 
 def test_examples_are_deterministic_and_splits_differ():

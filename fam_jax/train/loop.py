@@ -1,0 +1,278 @@
+"""The training loop: `train(model_dir, train_cfg)` runs or resumes a fam-train run.
+
+Everything that can be wrong with the request (an unknown task, a model_dir of
+another model, a batch or mesh that does not divide, token ids outside the
+vocabulary) is checked before anything compiles, and nothing in model_dir is
+overwritten by a run that cannot start. A run killed at any moment resumes from
+its newest checkpoint and continues as if it had never stopped: the checkpoint
+holds the parameters, the optimizer state, the PRNG key, the FAM passed between
+steps and the number of batches consumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from flax import linen as nn
+
+from fam_jax import checkpoint, lora, sharding
+from fam_jax.config import FamConfig
+from fam_jax.train import data, evaluate, init, observe
+from fam_jax.train.checkpoints import RunCheckpoints
+from fam_jax.train.config import TrainConfig
+from fam_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from fam_jax.train.step import make_eval_step, make_train_step
+
+GIN_FILE = "train_config.gin"
+EXPORT_DIR = "export"
+
+
+class RunError(ValueError):
+  """A run that cannot start as asked (the message says why and what to change)."""
+
+
+def check_model_dir(model_dir: str, cfg: FamConfig) -> bool:
+  """True if model_dir holds a run of this model; False if it holds none.
+
+  Raises RunError if it holds a run of another model config.
+  """
+  path = os.path.join(model_dir, checkpoint.CONFIG_FILE)
+  if not os.path.exists(path):
+    if os.path.isdir(os.path.join(model_dir, "checkpoints")):
+      raise RunError(f"--model_dir {model_dir} has checkpoints but no "
+                     f"{checkpoint.CONFIG_FILE}: not a fam-train run directory")
+    return False
+  saved = checkpoint.config_to_dict(checkpoint.load_config(model_dir))
+  ours = checkpoint.config_to_dict(cfg)
+  differ = [f"{k}: saved {saved.get(k)!r}, this run {ours.get(k)!r}"
+            for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
+  if differ:
+    raise RunError(f"--model_dir {model_dir} holds a run of another model config "
+                   f"({'; '.join(differ)}); use a new --model_dir")
+  return True
+
+
+def _check_divisible(train_cfg: TrainConfig, mesh) -> None:
+  ways = sharding.batch_parallelism(mesh)
+  if train_cfg.microbatch_size % ways:
+    raise RunError(
+        f"TrainConfig.batch_size={train_cfg.batch_size} / "
+        f"grad_accumulation_steps={train_cfg.grad_accumulation_steps} = "
+        f"{train_cfg.microbatch_size} rows per microbatch do not divide over the "
+        f"mesh's data × fsdp = {ways} batch shards")
+  data.rows_per_process(train_cfg.batch_size)
+
+
+def _write_run_files(model_dir: str, cfg: FamConfig, gin_text: str) -> None:
+  os.makedirs(model_dir, exist_ok=True)
+  checkpoint.save_config(model_dir, cfg)
+  tmp = os.path.join(model_dir, GIN_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(gin_text)
+  os.replace(tmp, os.path.join(model_dir, GIN_FILE))
+
+
+class _Interrupt:
+  """SIGTERM/SIGINT -> save a checkpoint at the end of the current step, stop."""
+
+  def __init__(self):
+    self.signal: Optional[int] = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, _):
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def export(model_dir: str, params, cfg: FamConfig, train_cfg: TrainConfig) -> str:
+  """Writes <model_dir>/export: a fam-jax checkpoint, LoRA merged, with the
+  starting point's tokenizer; fam-generate --checkpoint reads it."""
+  params = jax.device_get(params)
+  if cfg.lora_rank:
+    params, cfg = lora.merge_lora(params, cfg)
+  directory = os.path.join(model_dir, EXPORT_DIR)
+  checkpoint.save_checkpoint(directory, params, cfg)
+  tokenizer = _starting_tokenizer(train_cfg)
+  if tokenizer is not None:
+    tokenizer.save(directory)
+  return directory
+
+
+def _starting_tokenizer(train_cfg: TrainConfig):
+  source = train_cfg.init_checkpoint
+  if source is None:
+    return None
+  if source.startswith(init.GGUF_PREFIX):
+    from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
+    return gguf.GgufCheckpoint(source[len(init.GGUF_PREFIX):]).tokenizer()
+  from fam_jax.tokenizer import ByteTokenizer, load_tokenizer  # pylint: disable=g-import-not-at-top
+  tokenizer = load_tokenizer(source)
+  return None if isinstance(tokenizer, ByteTokenizer) else tokenizer
+
+
+def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
+          progress: bool = True) -> dict[str, Any]:
+  """Runs (or resumes) the run in model_dir up to train_cfg.train_steps.
+
+  Returns:
+    {"step", "stopped_by" (None or the signal name), "eval" (last evaluation),
+     "tokens_per_second", "seconds"}.
+  """
+  started = time.perf_counter()
+  model_dir = os.path.abspath(model_dir)
+  main_process = jax.process_index() == 0
+  # 1. Everything that can be checked without compiling.
+  try:
+    cfg = init.model_config(train_cfg)
+  except ValueError as e:  # FamConfig validation, a GGUF or config it cannot read
+    raise RunError(str(e)) from e
+  resuming = check_model_dir(model_dir, cfg)
+  try:
+    mesh = sharding.make_mesh(train_cfg.mesh_data, train_cfg.mesh_fsdp,
+                              train_cfg.mesh_tensor)
+  except ValueError as e:
+    raise RunError(str(e)) from None
+  _check_divisible(train_cfg, mesh)
+  task_vocabulary = data.output_vocabulary(train_cfg.mixture_or_task_name)
+  for name in train_cfg.eval_tasks + train_cfg.decode_tasks:
+    data.get_task(name)
+  if task_vocabulary.vocab_size > cfg.vocab_size:
+    raise RunError(
+        f"task {train_cfg.mixture_or_task_name!r} has a vocabulary of "
+        f"{task_vocabulary.vocab_size} ids but the model only {cfg.vocab_size}")
+  for path in train_cfg.perplexity_files:
+    if not os.path.isfile(path):
+      raise RunError(f"TrainConfig.perplexity_files: {path} is not a file")
+
+  optimizer = make_optimizer(train_cfg.optimizer, train_cfg.train_steps)
+  schedule = learning_rate_schedule(train_cfg.optimizer, train_cfg.train_steps)
+  layout = init.make_layout(cfg, train_cfg, mesh, optimizer)
+  checkpoints = RunCheckpoints(model_dir, train_cfg.keep_checkpoints)
+  latest = checkpoints.latest_step() if resuming else None
+
+  # 2. The first batch, checked before the step compiles.
+  consumed = 0
+  if latest is not None:
+    state, meta = checkpoints.restore(latest, layout.abstract_state)
+    consumed = int(meta["batches_consumed"])
+  index, count = data.process_shard()
+  rows = data.rows_per_process(train_cfg.batch_size)
+  batches = data.numpy_batches(data.lm_dataset(
+      train_cfg.mixture_or_task_name, "train", train_cfg.sequence_length, rows,
+      shuffle=train_cfg.shuffle, seed=train_cfg.seed, repeat=True,
+      shard_index=index, num_shards=count, skip_batches=consumed))
+  first = next(batches)
+  data.check_batch(first, cfg.vocab_size, train_cfg.mixture_or_task_name,
+                   train_cfg.sequence_length)
+
+  if latest is None:
+    params = init.complete_params(init.starting_params(train_cfg, cfg), cfg,
+                                  layout, train_cfg.seed)
+    state = init.initial_state(params, cfg, train_cfg, optimizer, layout)
+    if main_process:
+      _write_run_files(model_dir, cfg, gin_text)
+  log = observe.MetricsLog(model_dir, latest, enabled=main_process)
+
+  mask = init.trainable_mask(layout.abstract_state.params, train_cfg, cfg)
+  replicated = sharding.replicated(mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+    train_step = jax.jit(
+        make_train_step(cfg, train_cfg, optimizer, mask, schedule),
+        in_shardings=(layout.state, layout.batch),
+        out_shardings=(layout.state, replicated), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(cfg),
+                        in_shardings=(layout.params, layout.batch),
+                        out_shardings=replicated)
+
+  def run_eval(step: int) -> dict[str, float]:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+      results = evaluate.run_all(state.params, cfg, train_cfg, eval_step,
+                                 layout.batch, task_vocabulary)
+    if results:
+      log.write(step, "eval", results)
+      bar.message(f"eval at step {step}: " + ", ".join(
+          f"{k} {v:.4g}" for k, v in sorted(results.items())))
+    return results
+
+  def save(step: int) -> None:
+    checkpoints.save(step, state, {"step": step, "batches_consumed": consumed})
+
+  step = int(state.step)
+  bar = observe.Progress(step, train_cfg.train_steps,
+                         enabled=progress and main_process)
+  if step == 0 and (train_cfg.eval_tasks or train_cfg.decode_tasks
+                    or train_cfg.perplexity_files):
+    run_eval(0)  # before any training: the baseline
+  evaluated = {}
+  pending = None  # (step, metrics) of the step dispatched last
+  stopped_by = None
+
+  def flush(pending):
+    if pending is None:
+      return
+    done, metrics = pending
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    log.write(done, "train", metrics,
+              tensorboard=done % train_cfg.log_every == 0)
+    bar.update(done, metrics["loss"], metrics["tokens"])
+    if not np.isfinite(metrics["loss"]):
+      raise RunError(f"the loss became {metrics['loss']} at step {done}")
+
+  with _Interrupt() as interrupt:
+    batch = first
+    while step < train_cfg.train_steps:
+      if batch is None:
+        batch = next(batches)
+        data.check_batch(batch, cfg.vocab_size, train_cfg.mixture_or_task_name,
+                         train_cfg.sequence_length)
+      state, metrics = train_step(state, data.global_batch(batch, layout.batch))
+      consumed += 1
+      step += 1
+      batch = None
+      flush(pending)  # the previous step's metrics, while this one runs
+      pending = (step, metrics)
+      last = step == train_cfg.train_steps
+      if interrupt.signal is not None or last or step % train_cfg.checkpoint_every == 0 or (
+          train_cfg.eval_every and step % train_cfg.eval_every == 0):
+        flush(pending)
+        pending = None
+        if last or (train_cfg.eval_every and step % train_cfg.eval_every == 0):
+          evaluated = run_eval(step)
+        save(step)
+      if interrupt.signal is not None:
+        stopped_by = signal.Signals(interrupt.signal).name
+        bar.message(f"{stopped_by}: stopped at step {step}; checkpoint saved, "
+                    "rerun the same command to continue")
+        break
+  flush(pending)
+  checkpoints.wait()
+  checkpoints.close()
+  if step == train_cfg.train_steps and stopped_by is None:
+    if train_cfg.export_merged and main_process:
+      bar.message(f"exported {export(model_dir, state.params, cfg, train_cfg)}")
+    if main_process:
+      observe.plot_loss(model_dir)
+  log.close()
+  summary = {"step": step, "stopped_by": stopped_by, "eval": evaluated,
+             "tokens_per_second": bar.tokens_per_second,
+             "seconds": time.perf_counter() - started}
+  if main_process:
+    with open(os.path.join(model_dir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  logging.info("run finished: %s", summary)
+  return summary
