@@ -11,16 +11,18 @@ This converter packs and shifts exactly as seqio does and takes
     decoder_input_tokens, decoder_target_tokens, decoder_loss_weights (float32)
     decoder_segment_ids, decoder_positions            (packed, the default)
 
-Rows that a task already packed and padded to the full length (the paper's
-mask-free packing) stay one segment each, and their padding (id 0) gets segment
-0, as seqio gives all padding. A task without `loss_weights` is weighted 1 on
-every non-padding target.
+Packing is seqio's own, so rows, segments and positions are exactly what
+seqio's LM converter makes of the same `targets`: rows a task already packed and
+padded to the full length (the paper's mask-free packing) stay one segment each,
+padding (id 0) gets segment 0, and shorter examples are packed together. A task
+without `loss_weights` is weighted 1 on every non-padding target.
 
 seqio packs int32 features only, and takes a feature's length to be its number
-of non-zero entries. So the weights travel through packing encoded as the int32
-bit pattern of their float32 value plus one (never zero, so a weight of 0 on a
-prompt token is not taken for padding), and are decoded after; the encoding is
-exact.
+of non-zero entries, as for tokens. So the weights travel through packing as
+codes: the int32 bit pattern of the float32 weight plus one at every real token
+(never zero, so a weight of 0 on a prompt token is not taken for padding) and 0
+at padding (so they have the length of the tokens); they are decoded after. The
+encoding is exact.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class FamFeatureConverter(seqio.LMFeatureConverter):
                   num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda ex: {
         "targets": ex["targets"],
-        "loss_weights": _encode(ex["loss_weights"])},
+        "loss_weights": _encode(ex["loss_weights"], ex["targets"])},
                 num_parallel_calls=tf.data.AUTOTUNE)
     length = task_feature_lengths["targets"]
     return super().__call__(ds, {"targets": length, "loss_weights": length})
@@ -64,9 +66,10 @@ class FamFeatureConverter(seqio.LMFeatureConverter):
     return d
 
 
-def _encode(weights: tf.Tensor) -> tf.Tensor:
-  """float32 weights -> non-zero int32 codes (bit pattern + 1)."""
-  return tf.bitcast(tf.cast(weights, tf.float32), tf.int32) + 1
+def _encode(weights: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+  """float32 weights -> int32 codes: bit pattern + 1 at tokens, 0 at padding."""
+  codes = tf.bitcast(tf.cast(weights, tf.float32), tf.int32) + 1
+  return tf.where(targets != 0, codes, 0)
 
 
 def _decode(codes: tf.Tensor) -> tf.Tensor:

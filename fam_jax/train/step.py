@@ -198,7 +198,7 @@ def make_train_step(model_cfg: FamConfig, train_cfg: TrainConfig,
     trainable = optax.apply_updates(trainable, updates)
     metrics = sums.normalize()
     metrics.update(
-        grad_norm=optax.global_norm(grads),
+        grad_norm=optax.tree.norm(grads),
         learning_rate=schedule(state.step),
         tokens=jnp.sum(batch["decoder_segment_ids"] != 0).astype(jnp.float32))
     if inputs.fam_state_valid is not None:
