@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -40,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
                  help="a gin binding; --gin.NAME=VALUE is the same")
   p.add_argument("--module_import", action="append", default=[],
                  help="Python module(s) to import first (e.g. to register tasks)")
+  p.add_argument("--jax_cache_dir",
+                 help="JAX's persistent compilation cache, so that a resumed "
+                 "or repeated run skips compiling (default: <model_dir>/"
+                 "jax_cache; 'none' disables it)")
   p.add_argument("--no_progress", action="store_true")
   p.add_argument("--coordinator_address",
                  help="multi-process: host:port of process 0")
@@ -63,6 +68,13 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return rest, bindings
 
 
+def _compilation_cache(args) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  path = args.jax_cache_dir or os.path.join(args.model_dir, "jax_cache")
+  if path != "none":
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+
+
 def _initialize_distributed(args) -> None:
   if args.coordinator_address or args.num_processes or args.multihost:
     import jax  # pylint: disable=g-import-not-at-top
@@ -73,7 +85,9 @@ def _initialize_distributed(args) -> None:
 
 def _configure(args, bindings):
   """Parses gin; returns (TrainConfig, the gin text)."""
+  from fam_jax.train import data  # pylint: disable=g-import-not-at-top
   from fam_jax.train.config import TrainConfig  # pylint: disable=g-import-not-at-top
+  data.import_seqio()  # before modules that register tasks import it noisily
   for module in args.module_import:
     importlib.import_module(module)
   for paths in args.gin_search_paths:
@@ -93,9 +107,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from fam_jax.train import data, loop  # pylint: disable=g-import-not-at-top
   try:
     _initialize_distributed(args)
+    _compilation_cache(args)
     try:
       train_cfg, gin_text = _configure(args, bindings)
-    except (ValueError, ImportError) as e:  # gin and config validation
+    except (ValueError, ImportError, OSError) as e:  # gin files, bindings, configs
       raise loop.RunError(str(e)) from e
     summary = loop.train(args.model_dir, train_cfg, gin_text=gin_text,
                          progress=not args.no_progress)

@@ -63,12 +63,14 @@ class RunCheckpoints:
     self._manager.close()
 
 
-def latest_params_directory(model_dir: str) -> Optional[str]:
-  """The newest checkpoint's state directory of a run, or None if it has none."""
+def latest_step(model_dir: str) -> Optional[int]:
+  """The newest complete checkpoint of a run, read without creating anything.
+
+  orbax gives a step its final name (the step number) only once it is complete;
+  a write cut short leaves a temporary name, which this ignores.
+  """
   directory = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_DIR)
   if not os.path.isdir(directory):
     return None
   steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
-  if not steps:
-    return None
-  return os.path.join(directory, str(max(steps)), "state")
+  return max(steps) if steps else None

@@ -10,6 +10,9 @@ work only; no model computation is repeated).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from typing import Iterator, Mapping
 
 import jax
@@ -22,19 +25,41 @@ class DataError(ValueError):
   """A dataset the run cannot use (unknown task, bad token ids, too small)."""
 
 
-def _seqio():
+@contextlib.contextmanager
+def _native_stderr_silenced():
+  """Sends what native code writes to stderr (fd 2) to /dev/null meanwhile.
+
+  TensorFlow's CUDA build, which seqio pulls in, logs from C++ while it is
+  imported that it found no CUDA driver: four lines on every CPU machine, in
+  front of everything fam-train prints. Python's own errors still show.
+  """
+  sys.stderr.flush()
+  saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(null, 2)
   try:
-    import seqio  # pylint: disable=g-import-not-at-top
-    import fam_jax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(null)
+
+
+def import_seqio():
+  """seqio, with fam-jax's tasks registered; DataError without the extra."""
+  try:
+    with _native_stderr_silenced():
+      import seqio  # pylint: disable=g-import-not-at-top
+      import fam_jax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
-    raise DataError("fam-train reads seqio tasks: install the data extra "
+    raise DataError("fam-train reads seqio tasks: install the train extra "
                     "(pip install 'fam-jax[train]')") from e
   return seqio
 
 
 def get_task(name: str):
   """The registered seqio task or mixture `name`; DataError naming the choices."""
-  seqio = _seqio()
+  seqio = import_seqio()
   try:
     return seqio.get_mixture_or_task(name)
   except ValueError:
@@ -66,7 +91,7 @@ def lm_dataset(name: str, split: str, sequence_length: int, rows: int, *,
     shard_index, num_shards: this process's shard of the data.
     skip_batches: batches to skip (the data position of a resumed run).
   """
-  seqio = _seqio()
+  seqio = import_seqio()
   from fam_jax.tasks.features import FamFeatureConverter  # pylint: disable=g-import-not-at-top
   task = get_task(name)
   lengths = {"targets": sequence_length}

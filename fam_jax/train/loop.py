@@ -25,6 +25,7 @@ from flax import linen as nn
 from fam_jax import checkpoint, lora, sharding
 from fam_jax.config import FamConfig
 from fam_jax.train import data, evaluate, init, observe
+from fam_jax.train import checkpoints as checkpoints_lib
 from fam_jax.train.checkpoints import RunCheckpoints
 from fam_jax.train.config import TrainConfig
 from fam_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -38,17 +39,20 @@ class RunError(ValueError):
   """A run that cannot start as asked (the message says why and what to change)."""
 
 
-def check_model_dir(model_dir: str, cfg: FamConfig) -> bool:
-  """True if model_dir holds a run of this model; False if it holds none.
+def check_model_dir(model_dir: str, cfg: FamConfig) -> Optional[int]:
+  """The newest checkpoint step of the run in model_dir, or None if it has none.
 
-  Raises RunError if it holds a run of another model config.
+  A run is defined by its checkpoints: a directory without one (new, or killed
+  before its first checkpoint) starts afresh. One with checkpoints must have been
+  made for this model; RunError otherwise, before anything is written.
   """
+  latest = checkpoints_lib.latest_step(model_dir)
+  if latest is None:
+    return None
   path = os.path.join(model_dir, checkpoint.CONFIG_FILE)
   if not os.path.exists(path):
-    if os.path.isdir(os.path.join(model_dir, "checkpoints")):
-      raise RunError(f"--model_dir {model_dir} has checkpoints but no "
-                     f"{checkpoint.CONFIG_FILE}: not a fam-train run directory")
-    return False
+    raise RunError(f"--model_dir {model_dir} has checkpoints but no "
+                   f"{checkpoint.CONFIG_FILE}: not a fam-train run directory")
   saved = checkpoint.config_to_dict(checkpoint.load_config(model_dir))
   ours = checkpoint.config_to_dict(cfg)
   differ = [f"{k}: saved {saved.get(k)!r}, this run {ours.get(k)!r}"
@@ -56,7 +60,7 @@ def check_model_dir(model_dir: str, cfg: FamConfig) -> bool:
   if differ:
     raise RunError(f"--model_dir {model_dir} holds a run of another model config "
                    f"({'; '.join(differ)}); use a new --model_dir")
-  return True
+  return latest
 
 
 def _check_divisible(train_cfg: TrainConfig, mesh) -> None:
@@ -141,7 +145,7 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
     cfg = init.model_config(train_cfg)
   except ValueError as e:  # FamConfig validation, a GGUF or config it cannot read
     raise RunError(str(e)) from e
-  resuming = check_model_dir(model_dir, cfg)
+  latest = check_model_dir(model_dir, cfg)
   try:
     mesh = sharding.make_mesh(train_cfg.mesh_data, train_cfg.mesh_fsdp,
                               train_cfg.mesh_tensor)
@@ -163,7 +167,6 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
   schedule = learning_rate_schedule(train_cfg.optimizer, train_cfg.train_steps)
   layout = init.make_layout(cfg, train_cfg, mesh, optimizer)
   checkpoints = RunCheckpoints(model_dir, train_cfg.keep_checkpoints)
-  latest = checkpoints.latest_step() if resuming else None
 
   # 2. The first batch, checked before the step compiles.
   consumed = 0

@@ -1,0 +1,85 @@
+"""Crash safety: a run killed with SIGKILL five times, once in the middle of a
+checkpoint write, ends with exactly (bitwise) the parameters and the loss
+sequence of a run that was never interrupted, and never leaves an unreadable
+checkpoint behind."""
+
+import os
+import random
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from fam_jax.train import checkpoints, observe
+import train_cli
+
+STEPS = 16
+
+
+def train_losses(model_dir):
+  return {r["step"]: r["loss"] for r in observe.read_metrics(model_dir)
+          if r["split"] == "train"}
+
+
+def restore_state(model_dir, step):
+  path = os.path.join(model_dir, checkpoints.CHECKPOINTS_DIR, str(step), "state")
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def in_flight_write(model_dir):
+  directory = os.path.join(model_dir, checkpoints.CHECKPOINTS_DIR)
+  return os.path.isdir(directory) and any(
+      not name.isdigit() for name in os.listdir(directory))
+
+
+def kill_when(process, ready, timeout=300.0, delay=0.0):
+  """SIGKILLs `process` `delay` seconds after ready() holds (polled every 2 ms)."""
+  deadline = time.time() + timeout
+  while not ready():
+    if process.poll() is not None:
+      raise AssertionError(f"fam-train ended before it was killed: "
+                           f"{process.returncode}")
+    if time.time() > deadline:
+      process.kill()
+      raise AssertionError("fam-train made no progress")
+    time.sleep(0.002)
+  time.sleep(delay)
+  process.kill()
+  process.wait()
+
+
+def test_sigkill_five_times_resumes_bitwise(tmp_path):
+  steps = f"TrainConfig.train_steps = {STEPS}"
+  reference = str(tmp_path / "reference")
+  done = train_cli.run(reference, steps)
+  assert done.returncode == 0, done.stderr[-3000:]
+  want_losses = train_losses(reference)
+  assert sorted(want_losses) == list(range(1, STEPS + 1))
+
+  crashed = str(tmp_path / "crashed")
+  rng = random.Random(0)
+  for kind in ["startup", "mid-write", "after-step", "mid-write", "after-step"]:
+    before = max(train_losses(crashed), default=0)
+    progressed = lambda: max(train_losses(crashed), default=0) > before
+    process = train_cli.start(crashed, steps)
+    if kind == "startup":  # while restoring, reading data or compiling
+      started, delay = time.time(), rng.uniform(1.0, 6.0)
+      kill_when(process, lambda: time.time() - started > delay)
+    elif kind == "mid-write":  # a checkpoint orbax has not yet renamed
+      kill_when(process, lambda: progressed() and in_flight_write(crashed))
+    else:  # at a random moment after training resumed
+      kill_when(process, progressed, delay=rng.uniform(0.0, 0.2))
+    # Whatever the moment, the newest complete checkpoint reads back.
+    latest = checkpoints.latest_step(crashed)
+    if latest is not None:
+      assert int(restore_state(crashed, latest)["step"]) == latest
+  assert max(train_losses(crashed), default=0) < STEPS, "never interrupted"
+
+  done = train_cli.run(crashed, steps)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert train_losses(crashed) == want_losses  # bitwise: floats compared exactly
+  got, want = restore_state(crashed, STEPS), restore_state(reference, STEPS)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got),
+                          jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
