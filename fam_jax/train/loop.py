@@ -225,11 +225,17 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
   pending = None  # (step, metrics) of the step dispatched last
   stopped_by = None
 
+  timer = {"last": None}  # when the previous step's results arrived
+
   def flush(pending):
     if pending is None:
       return
     done, metrics = pending
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    now = time.perf_counter()
+    if timer["last"] is not None:  # steps back to back, no eval or save between
+      metrics["step_seconds"] = now - timer["last"]
+    timer["last"] = now
     log.write(done, "train", metrics,
               tensorboard=done % train_cfg.log_every == 0)
     bar.update(done, metrics["loss"], metrics["tokens"])
@@ -257,6 +263,7 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
         if last or (train_cfg.eval_every and step % train_cfg.eval_every == 0):
           evaluated = run_eval(step)
         save(step)
+        timer["last"] = None
       if interrupt.signal is not None:
         stopped_by = signal.Signals(interrupt.signal).name
         bar.message(f"{stopped_by}: stopped at step {step}; checkpoint saved, "
