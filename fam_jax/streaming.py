@@ -25,17 +25,18 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import struct
 
-from fam_jax import blockwise
-from fam_jax.checkpoint import config_to_dict
+from fam_jax import atomic, blockwise
+from fam_jax.checkpoint import (config_to_dict, orbax_checkpointer,
+                                params_fingerprint, read_json, restore_arrays)
 from fam_jax.config import FamConfig
 from fam_jax.layers import (Norm, attend, embed, output_logits, post_attention,
                             pre_attention)
 from fam_jax.weights import layer_weights_from_params
 
-STATE_FORMAT = "fam-jax-stream/1"
+STATE_FORMAT = "fam-jax-stream/2"  # /2: with the weights' fingerprint
+STATE_FILE = "stream.json"
 
 
 class StreamState(NamedTuple):
@@ -265,12 +266,18 @@ def check_state(state: StreamState, cfg: FamConfig) -> None:
   """Raises ValueError if `state` was not made for a model with `cfg`."""
   layers, batch = state.fam.shape[:2]
   m = cfg.memory_segments if cfg.is_blockwise else 0
+  n = state.block_size
+  kv = (cfg.num_kv_heads, cfg.head_dim)
+  fam_kv = (cfg.num_layers, batch, cfg.num_fam_tokens, *kv)
   want = {
       "fam": (cfg.num_layers, batch, cfg.num_fam_tokens, cfg.d_model),
-      "fam_k": (cfg.num_layers, batch, cfg.num_fam_tokens, cfg.num_kv_heads,
-                cfg.head_dim),
-      "memory_k": (cfg.num_layers, batch, m, state.block_size, cfg.num_kv_heads,
-                   cfg.head_dim),
+      "fam_k": fam_kv, "fam_v": fam_kv,
+      "memory_k": (cfg.num_layers, batch, m, n, *kv),
+      "memory_v": (cfg.num_layers, batch, m, n, *kv),
+      "block_k": (cfg.num_layers, batch, n, *kv),
+      "block_v": (cfg.num_layers, batch, n, *kv),
+      "position": (batch,), "fill": (batch,), "blocks_done": (batch,),
+      "fam_fresh": (batch,),
   }
   for name, shape in want.items():
     got = tuple(getattr(state, name).shape)
@@ -282,9 +289,25 @@ def check_state(state: StreamState, cfg: FamConfig) -> None:
                      f"cfg.block_size {cfg.block_size}")
 
 
+def _check_lengths(lengths, batch: int, length: int) -> np.ndarray:
+  """lengths as [B] int64; refuses floats and a shape that is not [B]."""
+  if lengths is None:
+    return np.full((batch,), length, np.int64)
+  array = np.asarray(lengths)
+  if array.shape != (batch,):
+    raise ValueError(f"lengths must hold one length per stream, shape "
+                     f"({batch},); got shape {array.shape}")
+  if not np.issubdtype(array.dtype, np.integer):
+    raise ValueError(f"lengths must be integers; got {array.tolist()} "
+                     f"({array.dtype})")
+  return array.astype(np.int64)
+
+
 def _check_tokens(tokens: np.ndarray, lengths: np.ndarray, cfg: FamConfig) -> None:
   if tokens.ndim != 2:
     raise ValueError(f"tokens must be [streams, length]; got shape {tokens.shape}")
+  if not np.issubdtype(tokens.dtype, np.integer):
+    raise ValueError(f"token ids must be integers; got dtype {tokens.dtype}")
   if np.any(lengths < 1):
     raise ValueError(f"empty prompt: stream(s) {np.flatnonzero(lengths < 1).tolist()}"
                      " have no tokens")
@@ -323,11 +346,10 @@ def prefill(params, cfg: FamConfig, state: StreamState, tokens, *,
     (logits, new state).
   """
   tokens = np.asarray(tokens)
-  if tokens.ndim == 1:
+  if tokens.ndim != 2:
     raise ValueError(f"tokens must be [streams, length]; got shape {tokens.shape}")
   batch, length = tokens.shape
-  lengths = (np.full((batch,), length) if lengths is None
-             else np.asarray(lengths, np.int64))
+  lengths = _check_lengths(lengths, batch, length)
   _check_tokens(tokens, lengths, cfg)
   check_state(state, cfg)
   if state.fam.shape[1] != batch:
@@ -390,6 +412,8 @@ def decode_step(params, cfg: FamConfig, state: StreamState, token, *,
   active = (np.ones(token.shape, bool) if active is None
             else np.asarray(active, bool).reshape(-1))
   check_state(state, cfg)
+  if not np.issubdtype(token.dtype, np.integer):
+    raise ValueError(f"token ids must be integers; got dtype {token.dtype}")
   if token.shape[0] != state.fam.shape[1] or active.shape != token.shape:
     raise ValueError(f"decode_step needs one token (and active flag) per stream: "
                      f"{state.fam.shape[1]} streams, got {token.shape[0]} tokens")
@@ -406,29 +430,59 @@ def decode_step(params, cfg: FamConfig, state: StreamState, token, *,
                    jnp.asarray(active, jnp.int32), cfg, False)
 
 
-def save_state(directory: str, state: StreamState, cfg: FamConfig) -> None:
-  """Writes the state and the config it belongs to (orbax + JSON)."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "stream.json"), "w") as f:
-    json.dump({"format": STATE_FORMAT, "config": config_to_dict(cfg)}, f,
-              indent=2, sort_keys=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(directory, "state"), state._asdict())
-  checkpointer.wait_until_finished()
+def save_state(directory: str, state: StreamState, cfg: FamConfig, *, params,
+               overwrite: bool = False) -> None:
+  """Writes the state, its config and a fingerprint of `params` in one step
+  (`atomic.writing`: a killed or failed save leaves the old directory as it was).
+
+  Args:
+    directory: absent or empty, or (with overwrite) a saved state to replace.
+    state: the streams' state.
+    cfg: the config it belongs to.
+    params: the weights it was made with (only their fingerprint is stored,
+      see `checkpoint.params_fingerprint`; load_state refuses other weights).
+    overwrite: replace a state already saved in `directory`.
+  """
+  fields = state._asdict()
+  # orbax refuses arrays of size 0 (the FAM of bswa/full, the ring of full):
+  # their shapes and dtypes go into stream.json instead.
+  empty = {k: [list(v.shape), str(v.dtype)] for k, v in fields.items()
+           if v.size == 0}
+  meta = {"format": STATE_FORMAT, "config": config_to_dict(cfg),
+          "weights": params_fingerprint(params), "empty": empty,
+          "batch_size": int(state.fam.shape[1]), "block_size": state.block_size}
+  with atomic.writing(directory, overwrite=overwrite, marker=STATE_FILE,
+                      kind="a saved stream state") as tmp:
+    with open(os.path.join(tmp, STATE_FILE), "w") as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+    atomic.kill_point("state-meta-written")
+    orbax_checkpointer().save(os.path.join(tmp, "state"),
+                              {k: v for k, v in fields.items() if k not in empty})
+    atomic.kill_point("state-arrays-written")
 
 
-def load_state(directory: str, cfg: FamConfig) -> StreamState:
-  """Reads a state saved by save_state; refuses one saved for another config."""
+def read_state_meta(directory: str) -> dict:
+  """The stream.json of a saved state (format checked)."""
+  path = os.path.join(os.path.abspath(directory), STATE_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: not a saved StreamState")
+  meta = read_json(path)
+  if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+    found = meta.get("format") if isinstance(meta, dict) else None
+    raise ValueError(f"{path}: format {found!r}, expected {STATE_FORMAT!r}")
+  missing = [k for k in ("config", "weights", "batch_size", "block_size")
+             if k not in meta]
+  if missing:
+    raise ValueError(f"{path} has no {', '.join(missing)}: damaged")
+  return meta
+
+
+def load_state(directory: str, cfg: FamConfig, *, params) -> StreamState:
+  """Reads a state saved by save_state; refuses one saved for another config or
+  with other weights than `params`."""
   directory = os.path.abspath(directory)
-  meta_path = os.path.join(directory, "stream.json")
-  if not os.path.exists(meta_path):
-    raise FileNotFoundError(f"{meta_path} not found: not a saved StreamState")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  if meta.get("format") != STATE_FORMAT:
-    raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected "
-                     f"{STATE_FORMAT!r}")
+  meta = read_state_meta(directory)
+  meta_path = os.path.join(directory, STATE_FILE)
   ours = config_to_dict(cfg)
   differ = sorted(k for k in set(ours) | set(meta["config"])
                   if ours.get(k) != meta["config"].get(k))
@@ -436,5 +490,19 @@ def load_state(directory: str, cfg: FamConfig) -> StreamState:
     detail = ", ".join(f"{k}: saved {meta['config'].get(k)!r}, model {ours.get(k)!r}"
                        for k in differ)
     raise ValueError(f"the saved stream belongs to another model config ({detail})")
-  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, "state"))
-  return StreamState(**restored)
+  weights = params_fingerprint(params)
+  if meta.get("weights") != weights:
+    raise ValueError(f"{meta_path}: the stream was saved with other weights "
+                     f"(fingerprint {meta.get('weights')}, these weights "
+                     f"{weights}); resume it with the model that made it")
+  restored = restore_arrays(os.path.join(directory, "state"),
+                            "the saved stream's arrays")
+  if isinstance(restored, dict):
+    restored.update({k: jnp.zeros(shape, dtype)
+                     for k, (shape, dtype) in meta.get("empty", {}).items()})
+  if not isinstance(restored, dict) or set(restored) != set(StreamState._fields):
+    raise ValueError(f"{directory}/state: not a StreamState (fields "
+                     f"{sorted(restored) if isinstance(restored, dict) else restored})")
+  state = StreamState(**restored)
+  check_state(state, cfg)
+  return state

@@ -146,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not prompt:
     raise SystemExit("the prompt is empty")
   if args.resume_state:
-    state = streaming.load_state(args.resume_state, cfg)
+    state = streaming.load_state(args.resume_state, cfg, params=params)
   else:
     state = streaming.init_state(params, cfg, 1, capacity=args.capacity)
   stop = [tokenizer.eos_id] + [t for s in args.stop for t in tokenizer.encode(s)[:1]]
@@ -170,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"({result.decode_tokens_per_second:,.1f} tokens/s); "
         f"attention={cfg.attention}", file=sys.stderr)
   if args.save_state:
-    streaming.save_state(args.save_state, result.state, cfg)
+    streaming.save_state(args.save_state, result.state, cfg, params=params)
     print(f"stream state saved to {args.save_state}", file=sys.stderr)
   return 0
 
