@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax.linen import partitioning as nn_partitioning
 
@@ -83,8 +84,17 @@ class FamLM(nn.Module):
     """Next-token logits for every position.
 
     Args:
-      tokens: [B, T] token ids, any T >= 1 (the last partial block is padded
-        internally and masked; real tokens never see padding).
+      tokens: [B, T] token ids in [0, vocab_size), any T >= 1 (the last partial
+        block is padded internally and masked; real tokens never see padding).
+        Integer arrays; float arrays only when every value is a whole number
+        (t5x initialises with float ones). Checked when the values are known:
+        outside jit, an id out of range or a fractional float raises
+        ValueError. Under jit they cannot be checked: an id >= vocab_size
+        turns that example's logits into NaN (all of them with full
+        attention, from the id's block on with bswa/fam), an id -k reads the
+        embedding of id vocab_size - k and floats are truncated. Check ids
+        before calling a jitted apply (`check_token_ids`; the CLIs and the
+        streaming path do).
       positions: [B, T] absolute positions; default 0..T-1.
       segment_ids: [B, T] ids of packed examples, 0 for padding (t5x convention).
         No information crosses segments, through tokens or FAM (see `masks`).
@@ -102,6 +112,8 @@ class FamLM(nn.Module):
       float32 logits [B, T, V], and the final FAM if return_fam_state.
     """
     cfg = self.cfg
+    if not isinstance(tokens, jax.core.Tracer):
+      check_token_ids(tokens, cfg.vocab_size)
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[1] == 0:
       raise ValueError(f"tokens must be [batch, length>=1]; got {tokens.shape}")
@@ -203,6 +215,25 @@ class FamLM(nn.Module):
                                                   fam_state_valid)
       fam_out.append(out)
     return carry, (jnp.stack(fam_out) if cfg.num_fam_tokens else None)
+
+
+def check_token_ids(tokens, vocab_size: int) -> None:
+  """Raises ValueError unless every id is a whole number in [0, vocab_size)."""
+  ids = np.asarray(tokens)
+  if ids.dtype == bool or not (np.issubdtype(ids.dtype, np.integer) or
+                               np.issubdtype(ids.dtype, np.floating)):
+    raise ValueError(f"token ids must be integers; got dtype {ids.dtype}")
+  if np.issubdtype(ids.dtype, np.floating):
+    fractional = ids != np.round(ids)
+    if fractional.any():
+      where = tuple(int(i) for i in np.argwhere(fractional)[0])
+      raise ValueError(f"token ids must be whole numbers; got {ids[where]} at "
+                       f"index {list(where)} ({ids.dtype})")
+  bad = (ids < 0) | (ids >= vocab_size)
+  if bad.any():
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"token id {ids[where]} at index {list(where)} is outside "
+                     f"the vocabulary [0, {vocab_size})")
 
 
 class _Param(nn.Module):

@@ -276,3 +276,29 @@ def test_bad_inputs_are_rejected():
   with pytest.raises(ValueError, match="fam_state"):
     run(fam_model, fam_params, tokens,
                     fam_state=np.zeros((2, 1, 3, 32), np.float32))
+
+
+def test_token_ids_are_checked_where_their_values_are_known():
+  cfg = tiny_config(attention="bswa", block_size=4)
+  model, params = init_params(cfg)
+  variables = {"params": params}
+  tokens = random_tokens(cfg, 2, 9)
+  for bad in (61, -1, 1000):
+    wrong = tokens.copy()
+    wrong[1, 3] = bad
+    with pytest.raises(ValueError, match=rf"token id {bad} at index \[1, 3\] is "
+                       r"outside the vocabulary \[0, 61\)"):
+      model.apply(variables, wrong)
+  with pytest.raises(ValueError, match=r"whole numbers; got 2.5 at index \[0, 0\]"):
+    model.apply(variables, np.full((1, 3), 2.5, np.float32))
+  with pytest.raises(ValueError, match="must be integers; got dtype bool"):
+    model.apply(variables, tokens > 5)
+  # Whole-number floats (t5x initialises with float ones) are the same ids.
+  np.testing.assert_allclose(model.apply(variables, tokens.astype(np.float32)),
+                             run(model, params, tokens), rtol=1e-5, atol=1e-5)
+  # Under jit the ids cannot be checked: as the docstring says, an id out of
+  # range turns its row of logits into NaN; the other row is untouched.
+  wrong = tokens.copy()
+  wrong[1, 6] = 61
+  logits = np.asarray(run(model, params, wrong))
+  assert np.isnan(logits[1]).any() and np.isfinite(logits[0]).all()
