@@ -90,6 +90,21 @@ def test_cli_random_weights_smoke(capsys):
   assert "attention=bswa" in capsys.readouterr().err
 
 
+def test_generation_stops_when_the_kv_cache_is_full():
+  cfg = tiny_config(attention="full")
+  _, params = init_params(cfg)
+  prompt = random_tokens(cfg, 1, 5)
+  roomy = generate(params, cfg, streaming.init_state(params, cfg, 1, capacity=64),
+                   prompt, max_new_tokens=10)
+  small = generate(params, cfg, streaming.init_state(params, cfg, 1, capacity=9),
+                   prompt, max_new_tokens=10)
+  # 9 - 5 = 4 tokens fit; they are the first four of the unconstrained run.
+  assert small.tokens[0] == roomy.tokens[0][:4]
+  assert small.full == [True] and roomy.full == [False]
+  assert small.stopped == [False]
+  assert int(small.state.fill[0]) == 9  # every kept token is in the state
+
+
 def test_cli_refuses_empty_prompt():
   with pytest.raises(SystemExit, match="empty"):
     generate_main(["--random-weights", "--gin", "models/tiny.gin", "--prompt", ""])
