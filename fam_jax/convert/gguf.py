@@ -82,11 +82,27 @@ def resolve(path_or_name: str) -> str:
 
 def _reader(path: str):
   import gguf  # pylint: disable=g-import-not-at-top
+
+  class CheckedReader(gguf.GGUFReader):
+    """Says "truncated" where the reader would read past the end of the file
+    (which it otherwise reports as a failed reshape)."""
+
+    def _get(self, offset, dtype, count=1, *args, **kwargs):
+      end = int(offset) + np.dtype(dtype).itemsize * int(count)
+      if end > len(self.data):
+        raise ConversionError(f"{path} is truncated: {len(self.data):,} bytes, "
+                              f"its contents need at least {end:,}")
+      return super()._get(offset, dtype, count, *args, **kwargs)
+
+  if os.path.isfile(path) and os.path.getsize(path) == 0:
+    raise ConversionError(f"{path}: an empty file, not a GGUF file")
   try:
-    return gguf.GGUFReader(path)
+    return CheckedReader(path)
   except FileNotFoundError:
     raise ConversionError(f"{path}: no such GGUF file") from None
-  except (ValueError, OSError) as e:
+  except (ValueError, KeyError, OSError) as e:
+    if isinstance(e, ConversionError):
+      raise
     raise ConversionError(f"{path}: not a readable GGUF file ({e})") from None
 
 

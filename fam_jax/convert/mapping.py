@@ -118,16 +118,16 @@ def config_from_hf(hf: Mapping[str, Any], **fam_fields) -> FamConfig:
   if act not in want_act:
     raise ConversionError(f"{family} with hidden_act={act!r} is not supported "
                           f"(expected one of {want_act})")
-  d_model = int(hf["hidden_size"])
-  heads = int(hf["num_attention_heads"])
+  d_model = _required_int(hf, "hidden_size")
+  heads = _required_int(hf, "num_attention_heads")
   fields = dict(
-      vocab_size=int(hf["vocab_size"]),
-      num_layers=int(hf["num_hidden_layers"]),
+      vocab_size=_required_int(hf, "vocab_size"),
+      num_layers=_required_int(hf, "num_hidden_layers"),
       d_model=d_model,
       num_heads=heads,
       num_kv_heads=int(_get(hf, "num_key_value_heads", default=heads)),
       head_dim=int(_get(hf, "head_dim", default=d_model // heads)),
-      mlp_dim=int(hf["intermediate_size"]),
+      mlp_dim=_required_int(hf, "intermediate_size"),
       activation="swiglu" if family == "llama" else "geglu",
       norm="rmsnorm",
       norm_eps=float(_get(hf, "rms_norm_eps", default=1e-6)),
@@ -141,6 +141,18 @@ def config_from_hf(hf: Mapping[str, Any], **fam_fields) -> FamConfig:
     raise ConversionError("convert with lora_rank=0: adapters are added when "
                           "fine-tuning starts")
   return FamConfig(**{**fields, **fam_fields})
+
+
+def _required_int(hf: Mapping[str, Any], name: str) -> int:
+  """config.json's integer `name` (576 or 576.0), or a ConversionError."""
+  if name not in hf:
+    raise ConversionError(f"config.json has no {name!r}")
+  value = hf[name]
+  if isinstance(value, bool) or not (
+      isinstance(value, int) or isinstance(value, float) and value.is_integer()):
+    raise ConversionError(f"config.json: {name!r} must be an integer; got "
+                          f"{value!r}")
+  return int(value)
 
 
 def init_summarization(embedding: np.ndarray, fam_length: int, method: str,
