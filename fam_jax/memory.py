@@ -73,6 +73,9 @@ def stream_memory(cfg: FamConfig, *, batch_size: int = 1,
   """
   if cfg.is_blockwise:
     n, m = cfg.block_size, cfg.memory_segments
+  elif not capacity or capacity < 1:
+    raise ValueError("attention='full' streams into a KV cache: pass "
+                     f"capacity=<max tokens>; got {capacity!r}")
   else:
     n, m = capacity, 0
   chunk = chunk or (n if cfg.is_blockwise else min(n, FULL_CHUNK))

@@ -84,6 +84,8 @@ def test_a_request_larger_than_memory_is_refused_naming_the_flag():
                      r"[\d.,]+ GiB .* but 1.0 GiB are available; lower --capacity"):
     memory.check_fits(need, full, capacity=10**6, available=2**30)
   memory.check_fits(need, full, capacity=10**6, available=need.total)
+  with pytest.raises(ValueError, match="pass capacity=<max tokens>"):
+    memory.stream_memory(full)
   fam = tiny_config(attention="fam", block_size=4096, fam_length=8)
   with pytest.raises(memory.MemoryTooSmall, match="lower --block-size or "
                      "--memory-segments"):
