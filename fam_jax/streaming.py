@@ -28,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import struct
 
-from fam_jax import blockwise
+from fam_jax import blockwise, masks
 from fam_jax.checkpoint import config_to_dict
 from fam_jax.config import FamConfig
 from fam_jax.layers import (Norm, attend, embed, output_logits, post_attention,
@@ -180,17 +180,10 @@ def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
   end = state.fill + n_new  # [B] block slots filled after this chunk
   complete = (end == n) if cfg.is_blockwise else jnp.zeros((b,), bool)
 
-  # Mask over [ring (m·N) | FAM (F) | current block (N)]: the layout of
-  # `masks.block_attention_mask`, with the ring standing in for the memory
-  # segments (softmax does not care about key order).
-  slot = jnp.arange(n)
-  query_slot = state.fill[:, None] + offsets  # [B, C]
-  ring_valid = jnp.arange(m)[None] < state.blocks_done[:, None]  # [B, m]
-  ring = jnp.repeat(ring_valid, n, axis=1)[:, None, :]
-  own = (slot[None, None] <= query_slot[..., None]) & (slot < end[:, None])[:, None]
-  mask = jnp.concatenate([jnp.broadcast_to(ring, (b, c, m * n)),
-                          jnp.ones((b, c, f), bool), own], axis=-1)
+  # Keys: [ring (m·N) | FAM (F) | current block (N)].
+  mask = masks.stream_chunk_mask(state.fill, end, state.blocks_done, c, n, m, f)
   # Block slots this chunk writes, and which chunk token goes there.
+  slot = jnp.arange(n)
   write = (slot[None] >= state.fill[:, None]) & (slot[None] < end[:, None])
   source = jnp.clip(slot[None] - state.fill[:, None], 0, c - 1)[..., None, None]
   ring_slot = (state.blocks_done % max(m, 1))[:, None] == jnp.arange(m)[None]
@@ -238,18 +231,15 @@ def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
 
 def _update_fam(lw, fam, fam_k, fam_v, blk_k, blk_v, fresh, complete,
                 block_start, next_block_start, cfg: FamConfig):
-  """Algorithm 2, step 3 for streams whose block just filled up (as
-  `blockwise.fam_scan`): FAM queries see the FAM and the whole block."""
+  """`blockwise.update_fam` for the streams whose block just filled up; the
+  others keep their FAM. Also returns the new FAM's keys and values at the F
+  positions before the next block."""
   f = cfg.num_fam_tokens
   arange = jnp.arange(f)
   q, _, _ = pre_attention(lw, fam, block_start[:, None] - f + arange, cfg)
-  keys = jnp.concatenate([fam_k, blk_k], axis=1)
-  values = jnp.concatenate([fam_v, blk_v], axis=1)
-  heads = attend(q, keys, values, jnp.ones((1, 1, keys.shape[1]), bool))
-  residual = fam
-  if cfg.first_fam_residual == "zero":
-    residual = jnp.where(fresh[:, None, None], jnp.zeros_like(fam), fam)
-  new_fam = post_attention(lw, heads, residual, cfg)
+  mask = masks.fam_update_mask(jnp.ones(blk_k.shape[:2], bool), f)
+  new_fam = blockwise.update_fam(lw, fam, q, fam_k, fam_v, blk_k, blk_v, mask,
+                                 fresh, cfg)
   _, new_k, new_v = pre_attention(lw, new_fam,
                                   next_block_start[:, None] - f + arange, cfg)
   pick = lambda new, old: jnp.where(
