@@ -20,20 +20,19 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import struct
 
 from fam_jax import blockwise, masks
 from fam_jax.checkpoint import config_to_dict
 from fam_jax.config import FamConfig
-from fam_jax.layers import (Norm, attend, embed, output_logits, post_attention,
+from fam_jax.layers import (attend, embed, output_logits, post_attention,
                             pre_attention)
-from fam_jax.weights import layer_weights_from_params
+from fam_jax.weights import ModelWeights
 
 STATE_FORMAT = "fam-jax-stream/1"
 
@@ -69,35 +68,6 @@ class StreamState(NamedTuple):
   @property
   def block_size(self) -> int:
     return self.block_k.shape[2]
-
-
-@struct.dataclass
-class _Weights:
-  """The parameters the streaming path reads, layers stacked [L, ...]."""
-
-  embedding: jax.Array
-  final_norm: Norm
-  lm_head: Optional[jax.Array]
-  layers: Any  # LayerWeights with a leading [L] axis
-  summarization: Optional[jax.Array]
-
-
-def _weights(params, cfg: FamConfig) -> _Weights:
-  """Runs inside jit. Unscanned params are stacked there on every call: convert
-  checkpoints to scanned layers (the default) for fast streaming."""
-  if "layers" in params:
-    layers = params["layers"]
-  else:  # unscanned checkpoints: stack layers_0, layers_1, ...
-    layers = jax.tree_util.tree_map(
-        lambda *xs: jnp.stack(xs),
-        *[params[f"layers_{i}"] for i in range(cfg.num_layers)])
-  norm = params["final_norm"]
-  return _Weights(
-      embedding=params["token_embedder"]["embedding"],
-      final_norm=Norm(norm["scale"], norm.get("bias")),
-      lm_head=None if cfg.tie_embeddings else params["lm_head"]["kernel"],
-      layers=layer_weights_from_params(layers, cfg),
-      summarization=params.get("summarization_embeddings"))
 
 
 def _stream_block_size(cfg: FamConfig, capacity: Optional[int]) -> int:
@@ -147,7 +117,7 @@ def init_state(params, cfg: FamConfig, batch_size: int = 1, *,
 def _initial_fam(params, cfg: FamConfig, position: jax.Array):
   """Each layer's F_0 (summarization embeddings through the layers below it),
   with keys at the F positions before `position`."""
-  w = _weights(params, cfg)
+  w = ModelWeights.from_params(params, cfg)
   f = cfg.num_fam_tokens
   batch = position.shape[0]
   fam_positions = position[:, None] - f + jnp.arange(f)
@@ -157,7 +127,8 @@ def _initial_fam(params, cfg: FamConfig, position: jax.Array):
     _, k, v = pre_attention(lw, fam, fam_positions, cfg)
     return blockwise.initial_fam_layer(lw, chain, cfg), (fam, k, v)
 
-  _, (fam, k, v) = jax.lax.scan(layer, embed(w.summarization, cfg), w.layers)
+  _, (fam, k, v) = jax.lax.scan(layer, embed(w.summarization_embeddings, cfg),
+                                w.layers)
   return fam, k, v
 
 
@@ -170,7 +141,9 @@ def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
     (logits [B, C, V] if all_logits else [B, V] of each stream's last new token,
     new state).
   """
-  w = _weights(params, cfg)
+  # Unscanned params are stacked here on every call: convert checkpoints to
+  # scanned layers (the default) for fast streaming.
+  w = ModelWeights.from_params(params, cfg)
   n = state.block_size
   m = state.memory_k.shape[2]
   f = cfg.num_fam_tokens

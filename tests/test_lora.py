@@ -43,3 +43,18 @@ def test_merge_needs_adapters():
   _, params = init_params(cfg)
   with pytest.raises(ValueError, match="lora_rank"):
     merge_lora(params, cfg)
+
+
+def test_trainable_mask_follows_an_unscanned_layout():
+  cfg = tiny_config(attention="fam", block_size=4, fam_length=2, lora_rank=2,
+                    lora_targets=("v",), scan_layers=False)
+  _, params = init_params(cfg)
+  mask = trainable_mask(params)
+  assert (jax.tree_util.tree_structure(mask)
+          == jax.tree_util.tree_structure(params))
+  trained = sorted("/".join(k.key for k in path)
+                   for path, on in jax.tree_util.tree_leaves_with_path(mask) if on)
+  assert trained == ["layers_0/attention/v/lora_a", "layers_0/attention/v/lora_b",
+                     "layers_1/attention/v/lora_a", "layers_1/attention/v/lora_b",
+                     "summarization_embeddings"]
+  assert all(isinstance(on, bool) for on in jax.tree_util.tree_leaves(mask))

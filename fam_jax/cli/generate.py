@@ -29,6 +29,7 @@ from fam_jax.gin_utils import parse_gin
 from fam_jax.model import FamLM
 from fam_jax.sampling import SamplingConfig
 from fam_jax.tokenizer import ByteTokenizer, IncrementalDecoder, load_tokenizer
+from fam_jax.weights import check_params
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,9 +105,10 @@ def _load_model(args):
   if params is None:
     params = jax.jit(FamLM(cfg).init)(jax.random.PRNGKey(args.seed),
                                       jnp.zeros((1, 1), jnp.int32))["params"]
-  if cfg.num_fam_tokens and "summarization_embeddings" not in params:
-    raise SystemExit("this checkpoint has no summarization_embeddings, so it "
-                     "cannot run with attention='fam'; use --attention bswa/full")
+  try:
+    check_params(params, cfg)  # e.g. --attention fam on a bswa checkpoint
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
   tokenizer = load_tokenizer(args.checkpoint)
   if isinstance(tokenizer, ByteTokenizer) and cfg.vocab_size != tokenizer.vocab_size:
     raise SystemExit(
