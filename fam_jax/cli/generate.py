@@ -28,7 +28,8 @@ from fam_jax.generate import generate
 from fam_jax.gin_utils import parse_gin
 from fam_jax.model import FamLM
 from fam_jax.sampling import SamplingConfig
-from fam_jax.tokenizer import ByteTokenizer, IncrementalDecoder, load_tokenizer
+from fam_jax.text.loading import load_tokenizer
+from fam_jax.text.tokenizer import ByteTokenizer, IncrementalDecoder
 from fam_jax.weights import check_params
 
 
