@@ -1,12 +1,23 @@
-"""Shared test setup: the helper modules' path and the SmolLM2 GGUF fixtures."""
+"""Shared test setup: the helper modules' path, a clean gin configuration for
+every test, and the SmolLM2 GGUF fixtures."""
 
 import os
 import sys
 
+import gin
 import pytest
 
 # Tests import their helpers (reference.py, util.py) as top-level modules.
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  """No gin binding outlives its test (`fam-generate --gin` run in-process
+  would otherwise change every later FamConfig)."""
+  gin.clear_config()
+  yield
+  gin.clear_config()
 
 
 @pytest.fixture(scope="session")
