@@ -210,7 +210,7 @@ def _update_fam(lw, fam, fam_k, fam_v, blk_k, blk_v, fresh, complete,
   f = cfg.num_fam_tokens
   arange = jnp.arange(f)
   q, _, _ = pre_attention(lw, fam, block_start[:, None] - f + arange, cfg)
-  mask = masks.fam_update_mask(jnp.ones(blk_k.shape[:2], bool), f)
+  mask = masks.fam_update_mask(jnp.ones(blk_k.shape[:2], bool), f)  # full block
   new_fam = blockwise.update_fam(lw, fam, q, fam_k, fam_v, blk_k, blk_v, mask,
                                  fresh, cfg)
   _, new_k, new_v = pre_attention(lw, new_fam,
