@@ -183,17 +183,17 @@ class BpeTokenizer:
         if t == TOKEN_TYPE_CONTROL and tokens[i] and set(tokens[i]) <= alphabet])
     tokenizer.add_tokens([added(i, False) for i, t in enumerate(types)
                           if t == TOKEN_TYPE_USER_DEFINED and tokens[i]])
-    self._attach(tokenizer, types, eos_id=eos_id, bos_id=bos_id,
+    self._attach(tokenizer, tokens, types, eos_id=eos_id, bos_id=bos_id,
                  unk_id=unk_id, pad_id=pad_id, pre_tokenizer=pre_tokenizer,
                  chat_template=chat_template, add_bos_token=add_bos_token)
 
-  def _attach(self, tokenizer: tokenizers.Tokenizer, token_types: list[int], *,
-              eos_id, bos_id, unk_id, pad_id, pre_tokenizer, chat_template,
-              add_bos_token) -> None:
+  def _attach(self, tokenizer: tokenizers.Tokenizer, tokens: list[str],
+              token_types: list[int], *, eos_id, bos_id, unk_id, pad_id,
+              pre_tokenizer, chat_template, add_bos_token) -> None:
     """Wraps a built `tokenizers.Tokenizer`, with what it does not hold."""
     self._tokenizer = tokenizer
-    self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    self.tokens = [tokenizer.id_to_token(i) for i in range(self.vocab_size)]
+    self.tokens = tokens
+    self.vocab_size = len(tokens)
     self.token_types = token_types
     for name, value in (("eos_id", eos_id), ("bos_id", bos_id),
                         ("unk_id", unk_id), ("pad_id", pad_id)):
@@ -337,11 +337,17 @@ class BpeTokenizer:
                        f"{_CONFIG_FORMAT!r})")
     tokenizer = tokenizers.Tokenizer.from_file(
         os.path.join(directory, TOKENIZER_FILE))
-    types = [TOKEN_TYPE_NORMAL] * tokenizer.get_vocab_size(with_added_tokens=True)
+    ids = tokenizer.get_vocab(with_added_tokens=True)
+    # An id no token maps to (a GGUF token listed twice) decodes to nothing.
+    tokens = [""] * (max(ids.values()) + 1)
+    for token, i in ids.items():
+      tokens[i] = token
+    types = [TOKEN_TYPE_NORMAL] * len(tokens)
     for i, t in ours["token_types"].items():
       types[int(i)] = int(t)
     self = cls.__new__(cls)
-    self._attach(tokenizer, types, eos_id=ours["eos_id"], bos_id=ours["bos_id"],
+    self._attach(tokenizer, tokens, types, eos_id=ours["eos_id"],
+                 bos_id=ours["bos_id"],
                  unk_id=ours["unk_id"], pad_id=ours["pad_id"],
                  pre_tokenizer=ours["pre_tokenizer"],
                  chat_template=config.get("chat_template"),
