@@ -13,13 +13,16 @@ from typing import Optional
 import gin
 import jax.numpy as jnp
 
+from fam_jax import param_names
+
 ATTENTION_KINDS = ("full", "bswa", "fam")
 ACTIVATIONS = ("swiglu", "geglu")
 NORMS = ("rmsnorm", "layernorm")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots")
 FIRST_FAM_RESIDUALS = ("zero", "initial")
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+# The projections of a layer, by their parameter names.
+LORA_TARGETS = param_names.PROJECTIONS
 
 
 @gin.configurable

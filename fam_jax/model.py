@@ -5,7 +5,8 @@
 
 Parameters: token_embedder/embedding [V, D], summarization_embeddings [F, D] (fam
 only), layers/... (stacked [L, ...] when cfg.scan_layers, else layers_0, layers_1,
-...), final_norm/..., lm_head/kernel [D, V] (untied only). Logical axis names are in
+...), final_norm/..., lm_head/kernel [D, V] (untied only); the names are in
+`param_names.py`, and `weights.ModelWeights` reads them. Logical axis names are in
 the `params_axes` collection that `init` returns.
 """
 
@@ -20,6 +21,7 @@ from flax import linen as nn
 from flax.linen import partitioning as nn_partitioning
 
 from fam_jax import blockwise, masks
+from fam_jax import param_names as names
 from fam_jax.config import FamConfig
 from fam_jax.layers import embed, output_logits
 from fam_jax.weights import NormWeights, declare_layer_weights, embedding_init
@@ -148,9 +150,9 @@ class FamLM(nn.Module):
       segment_ids = jnp.asarray(segment_ids, jnp.int32)
       valid = segment_ids != 0
 
-    embedding = _Param("embedding", (cfg.vocab_size, cfg.d_model),
+    embedding = _Param(names.EMBEDDING, (cfg.vocab_size, cfg.d_model),
                        ("vocab", "embed"), embedding_init(cfg),
-                       cfg.weights_dtype, name="token_embedder")()
+                       cfg.weights_dtype, name=names.TOKEN_EMBEDDER)()
     x = embed(jnp.take(embedding, tokens, axis=0), cfg)
 
     if cfg.is_blockwise:
@@ -172,7 +174,7 @@ class FamLM(nn.Module):
       if segment_ids is not None:
         ctx = ctx._replace(first_segment=masks.first_valid(segment_ids, valid))
       summarization = param_with_axes(
-          "summarization_embeddings", embedding_init(cfg), (f, cfg.d_model),
+          names.SUMMARIZATION_EMBEDDINGS, embedding_init(cfg), (f, cfg.d_model),
           cfg.weights_dtype, axes=("fam", "embed"))
       fam_chain = embed(summarization, cfg)
 
@@ -181,11 +183,13 @@ class FamLM(nn.Module):
 
     lm_head = None
     if not cfg.tie_embeddings:
-      lm_head = _Param("kernel", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+      lm_head = _Param(names.KERNEL, (cfg.d_model, cfg.vocab_size),
+                       ("embed", "vocab"),
                        nn.initializers.variance_scaling(1.0, "fan_in",
                                                         "truncated_normal"),
-                       cfg.weights_dtype, name="lm_head")()
-    logits = output_logits(x[:, :length], NormWeights(cfg, name="final_norm")(),
+                       cfg.weights_dtype, name=names.LM_HEAD)()
+    logits = output_logits(x[:, :length],
+                           NormWeights(cfg, name=names.FINAL_NORM)(),
                            embedding, lm_head, cfg)
     logits = constrain(logits, ("batch", "length", "vocab"))
     if return_fam_state:
@@ -207,12 +211,13 @@ class FamLM(nn.Module):
           in_axes=(0, nn.broadcast, nn.broadcast),
           length=cfg.num_layers,
           axis_name="layers")
-      return stack(cfg, name="layers")(carry, fam_state, ctx, fam_state_valid)
+      return stack(cfg, name=names.LAYERS)(carry, fam_state, ctx,
+                                           fam_state_valid)
     fam_out = []
     for i in range(cfg.num_layers):
       layer_state = None if fam_state is None else fam_state[i]
-      carry, out = layer(cfg, name=f"layers_{i}")(carry, layer_state, ctx,
-                                                  fam_state_valid)
+      carry, out = layer(cfg, name=names.layer_name(i))(carry, layer_state, ctx,
+                                                        fam_state_valid)
       fam_out.append(out)
     return carry, (jnp.stack(fam_out) if cfg.num_fam_tokens else None)
 

@@ -20,20 +20,19 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
-from fam_jax import atomic, blockwise
+from fam_jax import atomic, blockwise, masks
 from fam_jax.checkpoint import (config_to_dict, orbax_checkpointer,
                                 params_fingerprint, read_json, restore_arrays)
 from fam_jax.config import FamConfig
-from fam_jax.layers import (Norm, attend, embed, output_logits, post_attention,
+from fam_jax.layers import (attend, embed, output_logits, post_attention,
                             pre_attention)
-from fam_jax.weights import layer_weights_from_params
+from fam_jax.weights import ModelWeights
 
 STATE_FORMAT = "fam-jax-stream/2"  # /2: with the weights' fingerprint
 STATE_FILE = "stream.json"
@@ -70,35 +69,6 @@ class StreamState(NamedTuple):
   @property
   def block_size(self) -> int:
     return self.block_k.shape[2]
-
-
-@struct.dataclass
-class _Weights:
-  """The parameters the streaming path reads, layers stacked [L, ...]."""
-
-  embedding: jax.Array
-  final_norm: Norm
-  lm_head: Optional[jax.Array]
-  layers: Any  # LayerWeights with a leading [L] axis
-  summarization: Optional[jax.Array]
-
-
-def _weights(params, cfg: FamConfig) -> _Weights:
-  """Runs inside jit. Unscanned params are stacked there on every call: convert
-  checkpoints to scanned layers (the default) for fast streaming."""
-  if "layers" in params:
-    layers = params["layers"]
-  else:  # unscanned checkpoints: stack layers_0, layers_1, ...
-    layers = jax.tree_util.tree_map(
-        lambda *xs: jnp.stack(xs),
-        *[params[f"layers_{i}"] for i in range(cfg.num_layers)])
-  norm = params["final_norm"]
-  return _Weights(
-      embedding=params["token_embedder"]["embedding"],
-      final_norm=Norm(norm["scale"], norm.get("bias")),
-      lm_head=None if cfg.tie_embeddings else params["lm_head"]["kernel"],
-      layers=layer_weights_from_params(layers, cfg),
-      summarization=params.get("summarization_embeddings"))
 
 
 def _stream_block_size(cfg: FamConfig, capacity: Optional[int]) -> int:
@@ -148,7 +118,7 @@ def init_state(params, cfg: FamConfig, batch_size: int = 1, *,
 def _initial_fam(params, cfg: FamConfig, position: jax.Array):
   """Each layer's F_0 (summarization embeddings through the layers below it),
   with keys at the F positions before `position`."""
-  w = _weights(params, cfg)
+  w = ModelWeights.from_params(params, cfg)
   f = cfg.num_fam_tokens
   batch = position.shape[0]
   fam_positions = position[:, None] - f + jnp.arange(f)
@@ -158,7 +128,8 @@ def _initial_fam(params, cfg: FamConfig, position: jax.Array):
     _, k, v = pre_attention(lw, fam, fam_positions, cfg)
     return blockwise.initial_fam_layer(lw, chain, cfg), (fam, k, v)
 
-  _, (fam, k, v) = jax.lax.scan(layer, embed(w.summarization, cfg), w.layers)
+  _, (fam, k, v) = jax.lax.scan(layer, embed(w.summarization_embeddings, cfg),
+                                w.layers)
   return fam, k, v
 
 
@@ -171,7 +142,9 @@ def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
     (logits [B, C, V] if all_logits else [B, V] of each stream's last new token,
     new state).
   """
-  w = _weights(params, cfg)
+  # Unscanned params are stacked here on every call: convert checkpoints to
+  # scanned layers (the default) for fast streaming.
+  w = ModelWeights.from_params(params, cfg)
   n = state.block_size
   m = state.memory_k.shape[2]
   f = cfg.num_fam_tokens
@@ -181,17 +154,10 @@ def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
   end = state.fill + n_new  # [B] block slots filled after this chunk
   complete = (end == n) if cfg.is_blockwise else jnp.zeros((b,), bool)
 
-  # Mask over [ring (m·N) | FAM (F) | current block (N)]: the layout of
-  # `masks.block_attention_mask`, with the ring standing in for the memory
-  # segments (softmax does not care about key order).
-  slot = jnp.arange(n)
-  query_slot = state.fill[:, None] + offsets  # [B, C]
-  ring_valid = jnp.arange(m)[None] < state.blocks_done[:, None]  # [B, m]
-  ring = jnp.repeat(ring_valid, n, axis=1)[:, None, :]
-  own = (slot[None, None] <= query_slot[..., None]) & (slot < end[:, None])[:, None]
-  mask = jnp.concatenate([jnp.broadcast_to(ring, (b, c, m * n)),
-                          jnp.ones((b, c, f), bool), own], axis=-1)
+  # Keys: [ring (m·N) | FAM (F) | current block (N)].
+  mask = masks.stream_chunk_mask(state.fill, end, state.blocks_done, c, n, m, f)
   # Block slots this chunk writes, and which chunk token goes there.
+  slot = jnp.arange(n)
   write = (slot[None] >= state.fill[:, None]) & (slot[None] < end[:, None])
   source = jnp.clip(slot[None] - state.fill[:, None], 0, c - 1)[..., None, None]
   ring_slot = (state.blocks_done % max(m, 1))[:, None] == jnp.arange(m)[None]
@@ -239,18 +205,15 @@ def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
 
 def _update_fam(lw, fam, fam_k, fam_v, blk_k, blk_v, fresh, complete,
                 block_start, next_block_start, cfg: FamConfig):
-  """Algorithm 2, step 3 for streams whose block just filled up (as
-  `blockwise.fam_scan`): FAM queries see the FAM and the whole block."""
+  """`blockwise.update_fam` for the streams whose block just filled up; the
+  others keep their FAM. Also returns the new FAM's keys and values at the F
+  positions before the next block."""
   f = cfg.num_fam_tokens
   arange = jnp.arange(f)
   q, _, _ = pre_attention(lw, fam, block_start[:, None] - f + arange, cfg)
-  keys = jnp.concatenate([fam_k, blk_k], axis=1)
-  values = jnp.concatenate([fam_v, blk_v], axis=1)
-  heads = attend(q, keys, values, jnp.ones((1, 1, keys.shape[1]), bool))
-  residual = fam
-  if cfg.first_fam_residual == "zero":
-    residual = jnp.where(fresh[:, None, None], jnp.zeros_like(fam), fam)
-  new_fam = post_attention(lw, heads, residual, cfg)
+  mask = masks.fam_update_mask(jnp.ones(blk_k.shape[:2], bool), f)  # full block
+  new_fam = blockwise.update_fam(lw, fam, q, fam_k, fam_v, blk_k, blk_v, mask,
+                                 fresh, cfg)
   _, new_k, new_v = pre_attention(lw, new_fam,
                                   next_block_start[:, None] - f + arange, cfg)
   pick = lambda new, old: jnp.where(

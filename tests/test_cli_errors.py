@@ -14,6 +14,7 @@ from fam_jax import checkpoint, streaming
 from fam_jax.cli import convert as convert_cli
 from fam_jax.cli import errors
 from fam_jax.cli import generate as generate_cli
+from fam_jax.convert import gguf
 from files import write_gguf, write_hf
 from util import init_params, tiny_config
 
@@ -38,6 +39,8 @@ def d(tmp_path_factory):
   checkpoint.save_checkpoint(f"{w}/ckpt", params, cfg)
   _, other = init_params(cfg, seed=5)
   checkpoint.save_checkpoint(f"{w}/other_weights", other, cfg)
+  bswa = cfg.replace(attention="bswa")
+  checkpoint.save_checkpoint(f"{w}/bswa_ckpt", init_params(bswa)[1], bswa)
   streaming.save_state(f"{w}/state", streaming.init_state(params, cfg, 1), cfg,
                        params=params)
   shutil.copytree(f"{w}/ckpt", f"{w}/no_params")
@@ -52,6 +55,13 @@ def d(tmp_path_factory):
   shutil.copytree(f"{w}/state", f"{w}/damaged_state")
   _damage(f"{w}/damaged_state/state")
   write_gguf(f"{w}/tiny.gguf")
+  source = gguf.GgufCheckpoint(f"{w}/tiny.gguf")
+  converted, converted_cfg = gguf.convert_source(source, attention="bswa",
+                                                 block_size=8)
+  checkpoint.save_checkpoint(f"{w}/cut_tokenizer", converted, converted_cfg)
+  source.tokenizer().save(f"{w}/cut_tokenizer")
+  with open(f"{w}/cut_tokenizer/tokenizer.json", "r+b") as f:
+    f.truncate(os.path.getsize(f"{w}/cut_tokenizer/tokenizer.json") // 2)
   with open(f"{w}/tiny.gguf", "rb") as f:
     data = f.read()
   with open(f"{w}/truncated.gguf", "wb") as f:
@@ -97,6 +107,9 @@ GENERATE_CASES = {
     "invalid fam_config.json": (
         ["--checkpoint", "{d}/bad_json", "--prompt", "hi"],
         "{d}/bad_json/fam_config.json: not valid JSON"),
+    "damaged tokenizer.json of a converted model": (
+        ["--checkpoint", "{d}/cut_tokenizer", "--prompt", "hi"],
+        "{d}/cut_tokenizer/tokenizer.json: not a readable tokenizers file"),
     "a file that is not GGUF": (
         ["--gguf", "{d}/junk.gguf", "--prompt", "hi"],
         "{d}/junk.gguf: not a readable GGUF file (GGUF magic invalid)"),
@@ -132,6 +145,11 @@ GENERATE_CASES = {
     "negative --max-new-tokens": (
         CKPT + ["--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
     "--capacity 0": (CKPT + ["--capacity", "0"], "--capacity must be >= 1"),
+    "--attention fam on a checkpoint without FAM weights": (
+        ["--checkpoint", "{d}/bswa_ckpt", "--prompt", "hi", "--attention",
+         "fam"],
+        "--checkpoint {d}/bswa_ckpt: the params have no "
+        "summarization_embeddings, so they cannot run with attention='fam'"),
     "--block-size 0": (
         CKPT + ["--block-size", "0"],
         "FamConfig.block_size must be a positive integer"),

@@ -237,6 +237,16 @@ def test_unreadable_files_are_named(tmp_path):
       convert_hf(src, attention="full")
 
 
+def test_unscanned_layers_convert_as_well(tmp_path):
+  model = _save_random_model("llama-gqa-untied", str(tmp_path))
+  tokens = np.random.default_rng(1).integers(0, 97, (1, 21))
+  params, cfg = convert_hf(str(tmp_path), attention="full", scan_layers=False)
+  assert sorted(k for k in params if k.startswith("layers")) == [
+      "layers_0", "layers_1", "layers_2"]
+  assert rel_err(run(FamLM(cfg), params, tokens),
+                 _reference_logits(model, tokens)) <= TOL
+
+
 def test_memory_maps_only_what_it_reads(tmp_path):
   _save_random_model("llama-bf16", str(tmp_path))
   source = SafetensorsCheckpoint(str(tmp_path))

@@ -6,7 +6,7 @@ import pytest
 from fam_jax import checkpoint, streaming
 from fam_jax.cli.generate import main as generate_main
 from fam_jax.generate import generate
-from fam_jax.tokenizer import ByteTokenizer, IncrementalDecoder
+from fam_jax.text.tokenizer import ByteTokenizer, IncrementalDecoder
 from util import init_params, random_tokens, run, tiny_config
 
 

@@ -20,6 +20,8 @@ import pytest
 
 from fam_jax import atomic, checkpoint, streaming
 from fam_jax.cli import convert as convert_cli
+from fam_jax.text.bpe import BpeTokenizer
+from fam_jax.text.loading import load_tokenizer
 from files import write_gguf
 from util import init_params, tiny_config
 
@@ -124,6 +126,11 @@ def _assert_complete_conversion(directory, attention):
   with open(os.path.join(directory, "tokenizer.json")) as f:
     named = json.load(f).get("file")
   assert named is None or os.path.exists(os.path.join(directory, named))
+  # tokenizer.json and tokenizer_config.json of the same save: they load as one.
+  tokenizer = load_tokenizer(directory)
+  assert isinstance(tokenizer, BpeTokenizer)
+  assert tokenizer.vocab_size <= cfg.vocab_size
+  assert tokenizer.decode_bytes(tokenizer.encode("hi there")) == b"hi there"
 
 
 @pytest.fixture(scope="module")

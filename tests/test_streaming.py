@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fam_jax import checkpoint, streaming
-from util import init_params, random_tokens, rel_err, run, tiny_config
+from util import (init_params, random_tokens, rel_err, run, tiny_config,
+                  tiny_setup)
 
 TOL = 1e-5
 
@@ -29,10 +30,10 @@ CASES = [
 def test_prefill_equals_training_path(attention, n, m, f, kv, length, residual):
   if residual == "initial" and attention != "fam":
     pytest.skip("first_fam_residual matters only for attention='fam'")
-  cfg = tiny_config(attention=attention, block_size=n, memory_segments=m,
-                    fam_length=f, num_kv_heads=kv, first_fam_residual=residual)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 3, length)
+  cfg, model, params, tokens = tiny_setup(3, length, attention=attention,
+                                          block_size=n, memory_segments=m,
+                                          fam_length=f, num_kv_heads=kv,
+                                          first_fam_residual=residual)
   expected = np.asarray(run(model, params, tokens))
   # Streams of different lengths in one batch: they fall out of block phase.
   lengths = np.array([length, length - 5, 7])
@@ -46,10 +47,9 @@ def test_prefill_equals_training_path(attention, n, m, f, kv, length, residual):
 
 @pytest.mark.parametrize("attention", ["full", "bswa", "fam"])
 def test_chunks_and_decode_steps_equal_one_prefill(attention):
-  cfg = tiny_config(attention=attention, block_size=4, memory_segments=1,
-                    fam_length=2)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 30)
+  cfg, model, params, tokens = tiny_setup(2, 30, attention=attention,
+                                          block_size=4, memory_segments=1,
+                                          fam_length=2)
   expected = np.asarray(run(model, params, tokens))
   state = streaming.init_state(params, cfg, 2, capacity=64)
   pieces = []
@@ -64,10 +64,8 @@ def test_chunks_and_decode_steps_equal_one_prefill(attention):
 
 
 def test_last_token_logits_and_inactive_streams():
-  cfg = tiny_config(attention="fam", block_size=4, memory_segments=1,
-                    fam_length=2)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 13)
+  cfg, model, params, tokens = tiny_setup(2, 13, attention="fam", block_size=4,
+                                          memory_segments=1, fam_length=2)
   expected = np.asarray(run(model, params, tokens))
   state = streaming.init_state(params, cfg, 2)
   last, state = streaming.prefill(params, cfg, state, tokens[:, :12],
@@ -85,10 +83,8 @@ def test_last_token_logits_and_inactive_streams():
 def test_passed_training_state_matches_stream_state():
   """The FAM a stream holds after whole blocks is the FAM the training path
   returns for the same tokens."""
-  cfg = tiny_config(attention="fam", block_size=4, memory_segments=2,
-                    fam_length=3)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 24)
+  cfg, model, params, tokens = tiny_setup(2, 24, attention="fam", block_size=4,
+                                          memory_segments=2, fam_length=3)
   _, fam = run(model, params, tokens, return_fam_state=True)
   state = streaming.init_state(params, cfg, 2)
   _, state = streaming.prefill(params, cfg, state, tokens)

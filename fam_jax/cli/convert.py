@@ -24,8 +24,9 @@ import time
 from typing import Optional, Sequence
 
 from fam_jax import atomic, checkpoint
+from fam_jax.cli import flags
 from fam_jax.cli.errors import add_debug_flag, run_main, user_errors
-from fam_jax.config import ATTENTION_KINDS, DTYPES
+from fam_jax.config import DTYPES
 from fam_jax.convert.mapping import FAM_INITS, ConversionError
 from fam_jax.gin_utils import config_to_gin
 
@@ -44,10 +45,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="fam-jax checkpoint directory")
   p.add_argument("--overwrite", action="store_true",
                  help="replace a checkpoint already in --out")
-  p.add_argument("--attention", choices=ATTENTION_KINDS, default="fam")
-  p.add_argument("--block-size", type=int, default=1024, help="N (paper: 1024)")
-  p.add_argument("--memory-segments", type=int, default=3, help="m (paper: 3)")
-  p.add_argument("--fam-length", type=int, default=64, help="F (paper: 64)")
+  flags.add_attention_flags(p, with_defaults=True)
   p.add_argument("--fam-init", choices=FAM_INITS, default="bos",
                  help="initial summarization embeddings (see "
                  "fam_jax/convert/mapping.py)")
@@ -70,9 +68,8 @@ def _main(argv) -> int:
                      kind="a fam-jax checkpoint")
   with user_errors(atomic.DestinationExists, context="--out"):
     atomic.check_destination(args.out, **destination)
-  fields = dict(attention=args.attention, block_size=args.block_size,
-                memory_segments=args.memory_segments, fam_length=args.fam_length,
-                param_dtype=args.param_dtype, dtype=args.dtype)
+  fields = dict(flags.attention_fields(args), param_dtype=args.param_dtype,
+                dtype=args.dtype)
   start = time.perf_counter()
   with user_errors(ConversionError, ValueError, OSError,
                    context=f"--hf {args.hf}" if args.hf else f"--gguf {args.gguf}"):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fam_jax import atomic, checkpoint, memory, streaming
+from fam_jax.cli import flags
 from fam_jax.cli.errors import UserError, add_debug_flag, run_main, user_errors
 from fam_jax.cli.progress import ProgressBar
 from fam_jax.config import FamConfig
@@ -31,7 +32,9 @@ from fam_jax.generate import generate
 from fam_jax.gin_utils import parse_gin
 from fam_jax.model import FamLM
 from fam_jax.sampling import SamplingConfig
-from fam_jax.tokenizer import ByteTokenizer, IncrementalDecoder, load_tokenizer
+from fam_jax.text.loading import load_tokenizer
+from fam_jax.text.tokenizer import ByteTokenizer, IncrementalDecoder
+from fam_jax.weights import check_params
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,13 +55,8 @@ def _parser() -> argparse.ArgumentParser:
   source = p.add_mutually_exclusive_group()
   source.add_argument("--prompt", help="the prompt text")
   source.add_argument("--prompt-file", help="read the prompt from a file ('-': stdin)")
-  p.add_argument("--attention", choices=["full", "bswa", "fam"],
-                 help="override the checkpoint's attention kind")
-  p.add_argument("--block-size", type=int)
-  p.add_argument("--memory-segments", type=int)
-  p.add_argument("--fam-length", type=int)
-  p.add_argument("--first-fam-residual", choices=["zero", "initial"],
-                 help="see FamConfig.first_fam_residual")
+  # Each overrides the checkpoint's value.
+  flags.add_attention_flags(p, with_defaults=False)
   p.add_argument("--chat", action="store_true",
                  help="wrap the prompt in the tokenizer's chat template as a "
                  "user message")
@@ -81,21 +79,14 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _overrides(args) -> dict:
-  return {k: v for k, v in dict(
-      attention=args.attention, block_size=args.block_size,
-      memory_segments=args.memory_segments, fam_length=args.fam_length,
-      first_fam_residual=args.first_fam_residual).items() if v is not None}
-
-
 def _load_gguf(args, check):
   from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
   with user_errors(ConversionError, FileNotFoundError, ValueError,
                    context=f"--gguf {args.gguf}"):
     source = gguf.GgufCheckpoint(args.gguf)
-    cfg = gguf.config_from_hf(source.config, **_overrides(args))
+    cfg = gguf.config_from_hf(source.config, **flags.attention_fields(args))
     check(cfg)
-    params, cfg = gguf.convert_source(source, **_overrides(args))
+    params, cfg = gguf.convert_source(source, **flags.attention_fields(args))
     return params, cfg, source.tokenizer()
 
 
@@ -115,7 +106,7 @@ def _load_model(args, check):
       parse_gin(args.gin, args.gin_binding)
       cfg = FamConfig()
   with user_errors(ValueError):
-    cfg = cfg.replace(**_overrides(args))
+    cfg = cfg.replace(**flags.attention_fields(args))
   check(cfg)
   params = None
   if args.checkpoint:
@@ -125,9 +116,8 @@ def _load_model(args, check):
   if params is None:
     params = jax.jit(FamLM(cfg).init)(jax.random.PRNGKey(args.seed),
                                       jnp.zeros((1, 1), jnp.int32))["params"]
-  if cfg.num_fam_tokens and "summarization_embeddings" not in params:
-    raise UserError("this checkpoint has no summarization_embeddings, so it "
-                    "cannot run with attention='fam'; use --attention bswa/full")
+  with user_errors(ValueError, context=f"--checkpoint {args.checkpoint}"):
+    check_params(params, cfg)  # e.g. --attention fam on a bswa checkpoint
   with user_errors(ValueError, OSError, KeyError,
                    context=f"--checkpoint {args.checkpoint}"):
     tokenizer = load_tokenizer(args.checkpoint)

@@ -26,6 +26,7 @@ import numpy as np
 
 from fam_jax.config import FamConfig
 from fam_jax.convert.mapping import ConversionError, config_from_hf, convert_params
+from fam_jax.text.bpe import BpeTokenizer
 
 ARCHITECTURES = ("llama",)
 
@@ -212,10 +213,8 @@ class GgufCheckpoint:
       w = _unpermute(w, self.config["num_key_value_heads"])
     return w
 
-
-  def tokenizer(self):
-    """The file's tokenizer and chat template (`bpe_tokenizer.BpeTokenizer`)."""
-    from fam_jax.bpe_tokenizer import BpeTokenizer  # pylint: disable=g-import-not-at-top
+  def tokenizer(self) -> BpeTokenizer:
+    """The file's tokenizer and chat template."""
     return BpeTokenizer.from_gguf_metadata(self.metadata)
 
 
