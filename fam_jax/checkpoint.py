@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 
 from fam_jax import atomic
 from fam_jax.config import FamConfig
+from fam_jax.jsonfile import read_json
 
 FORMAT = "fam-jax/1"
 CONFIG_FILE = "fam_config.json"
@@ -105,15 +106,6 @@ def load_config(directory: str) -> FamConfig:
   if data.get("format") != FORMAT:
     raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
   return config_from_dict(data["config"])
-
-
-def read_json(path: str, error: type = ValueError) -> Any:
-  """json.load whose errors (raised as `error`) name the file."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise error(f"{path}: not valid JSON ({e})") from None
 
 
 def save_checkpoint(directory: str, params: Any, cfg: FamConfig, *,

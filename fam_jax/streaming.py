@@ -28,8 +28,9 @@ import numpy as np
 
 from fam_jax import atomic, blockwise, masks
 from fam_jax.checkpoint import (config_to_dict, orbax_checkpointer,
-                                params_fingerprint, read_json, restore_arrays)
+                                params_fingerprint, restore_arrays)
 from fam_jax.config import FamConfig
+from fam_jax.jsonfile import read_json
 from fam_jax.layers import (attend, embed, output_logits, post_attention,
                             pre_attention)
 from fam_jax.weights import ModelWeights

@@ -10,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # of its modules imports only the ones before it).
 FLOORS = {
     "fam_jax.param_names": 0, "fam_jax.config": 0, "fam_jax.gin_utils": 0,
-    "fam_jax.gin_configs": 0, "fam_jax.atomic": 0,
+    "fam_jax.gin_configs": 0, "fam_jax.atomic": 0, "fam_jax.jsonfile": 0,
     "fam_jax.layers": 1, "fam_jax.masks": 1, "fam_jax.sampling": 1,
     "fam_jax.randomization": 1, "fam_jax.sharding": 1,
     "fam_jax.text": 1.0, "fam_jax.text.tokenizer": 1.1, "fam_jax.text.chat": 1.2,

@@ -60,8 +60,11 @@ def d(tmp_path_factory):
                                                  block_size=8)
   checkpoint.save_checkpoint(f"{w}/cut_tokenizer", converted, converted_cfg)
   source.tokenizer().save(f"{w}/cut_tokenizer")
+  shutil.copytree(f"{w}/cut_tokenizer", f"{w}/bad_tokenizer_config")
   with open(f"{w}/cut_tokenizer/tokenizer.json", "r+b") as f:
     f.truncate(os.path.getsize(f"{w}/cut_tokenizer/tokenizer.json") // 2)
+  with open(f"{w}/bad_tokenizer_config/tokenizer_config.json", "w") as f:
+    f.write("{oops")
   with open(f"{w}/tiny.gguf", "rb") as f:
     data = f.read()
   with open(f"{w}/truncated.gguf", "wb") as f:
@@ -110,6 +113,9 @@ GENERATE_CASES = {
     "damaged tokenizer.json of a converted model": (
         ["--checkpoint", "{d}/cut_tokenizer", "--prompt", "hi"],
         "{d}/cut_tokenizer/tokenizer.json: not a readable tokenizers file"),
+    "invalid tokenizer_config.json of a converted model": (
+        ["--checkpoint", "{d}/bad_tokenizer_config", "--prompt", "hi"],
+        "{d}/bad_tokenizer_config/tokenizer_config.json: not valid JSON"),
     "a file that is not GGUF": (
         ["--gguf", "{d}/junk.gguf", "--prompt", "hi"],
         "{d}/junk.gguf: not a readable GGUF file (GGUF magic invalid)"),

@@ -17,9 +17,9 @@ from typing import Any, Optional
 import ml_dtypes
 import numpy as np
 
-from fam_jax.checkpoint import read_json
 from fam_jax.config import FamConfig
 from fam_jax.convert.mapping import ConversionError, config_from_hf, convert_params
+from fam_jax.jsonfile import read_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

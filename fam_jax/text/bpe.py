@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
+from fam_jax.jsonfile import read_json
 from fam_jax.text import chat
 from fam_jax.text.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
@@ -328,9 +329,9 @@ class BpeTokenizer:
   def load(cls, directory: str) -> "BpeTokenizer":
     """Reads what `save` wrote."""
     config_path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
-    with open(config_path, encoding="utf-8") as f:
-      config = json.load(f)
-    ours = config.get("fam_jax", {})
+    config = read_json(config_path)
+    ours = config.get("fam_jax") if isinstance(config, dict) else None
+    ours = ours if isinstance(ours, dict) else {}
     if ours.get("format") != _CONFIG_FORMAT:
       raise ValueError(f"{config_path}: not written by BpeTokenizer.save "
                        f"(fam_jax.format {ours.get('format')!r}, expected "

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
+from fam_jax.jsonfile import read_json
 from fam_jax.text.tokenizer import (LEGACY_BPE_FILE, TOKENIZER_CONFIG_FILE,
                                     TOKENIZER_FILE, ByteTokenizer, Tokenizer)
 
@@ -31,9 +31,8 @@ def load_tokenizer(checkpoint_dir: Optional[str]) -> Tokenizer:
     return ByteTokenizer()
   if os.path.exists(os.path.join(checkpoint_dir, TOKENIZER_CONFIG_FILE)):
     return _bpe().BpeTokenizer.load(checkpoint_dir)
-  with open(path) as f:
-    spec = json.load(f)
-  kind = spec.get("kind")
+  spec = read_json(path)
+  kind = spec.get("kind") if isinstance(spec, dict) else None
   if kind == "byte":
     return ByteTokenizer()
   if kind == "bpe":
@@ -41,8 +40,8 @@ def load_tokenizer(checkpoint_dir: Optional[str]) -> Tokenizer:
     if os.path.basename(filename) != filename:
       raise ValueError(f"{path}: 'file' must name a file in the checkpoint "
                        f"directory, got {filename!r}")
-    with open(os.path.join(checkpoint_dir, filename), encoding="utf-8") as f:
-      return _bpe().BpeTokenizer.from_dict(json.load(f))
+    return _bpe().BpeTokenizer.from_dict(
+        read_json(os.path.join(checkpoint_dir, filename)))
   raise ValueError(f"{path}: unknown tokenizer kind {kind!r} "
                    "(known: 'byte', 'bpe')")
 
