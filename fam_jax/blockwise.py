@@ -99,9 +99,40 @@ def initial_fam_layer(w, fam: jax.Array, cfg: FamConfig) -> jax.Array:
   return post_attention(w, heads, fam, cfg)
 
 
+def update_fam(w, fam: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array,
+               block_k: jax.Array, block_v: jax.Array, mask: jax.Array,
+               fresh: jax.Array, cfg: FamConfig) -> jax.Array:
+  """Algorithm 2, step 3: the FAM after a block, F_τ, from F_{τ-1} and the block.
+
+  The FAM queries attend to [F_{τ-1}, block τ] (not the memory segments):
+  `A^F = Attn(Q^F, [K^F; K_τ], [V^F; V_τ]) + F_{τ-1}`,
+  `F_τ = FF(PreLN(A^F)) + A^F`, with the same weights as the tokens. The
+  training scan (`fam_scan`) and the streaming step both call this.
+
+  Args:
+    w: LayerWeights.
+    fam: [B, F, D] F_{τ-1}, the residual.
+    q: [B, F, H, E] its queries; k, v: [B, F, K, E] its keys and values (RoPE
+      at its positions, the F positions just before the block).
+    block_k, block_v: [B, N, K, E] the block's keys (RoPE applied) and values.
+    mask: [B, F, F + N] (`masks.fam_update_mask`).
+    fresh: [B] bool, True where F_{τ-1} is the initial FAM: the residual is
+      then zero (appendix B.1), unless cfg.first_fam_residual is 'initial'.
+
+  Returns:
+    [B, F, D] F_τ.
+  """
+  heads = attend(q, jnp.concatenate([k, block_k], axis=1),
+                 jnp.concatenate([v, block_v], axis=1), mask)
+  residual = fam
+  if cfg.first_fam_residual == "zero":
+    residual = jnp.where(fresh[:, None, None], jnp.zeros_like(fam), fam)
+  return post_attention(w, heads, residual, cfg)
+
+
 def fam_scan(w, fam_in: jax.Array, fresh: jax.Array, initial_fam: jax.Array,
              k: jax.Array, v: jax.Array, ctx: SequenceContext, cfg: FamConfig):
-  """Runs the FAM of one layer through all blocks (Algorithm 2, step 3).
+  """Runs the FAM of one layer through all blocks (`update_fam` in a scan).
 
   Args:
     w: LayerWeights.
@@ -151,12 +182,8 @@ def fam_scan(w, fam_in: jax.Array, fresh: jax.Array, initial_fam: jax.Array,
     else:
       mask = masks.fam_update_mask(block_valid, f)
       seen = FamKeys(k_f, v_f)
-    heads = attend(q, jnp.concatenate([k_u, block_k], axis=1),
-                   jnp.concatenate([v_u, block_v], axis=1), mask)
-    residual = fam_u
-    if cfg.first_fam_residual == "zero":
-      residual = jnp.where(fresh_u[:, None, None], jnp.zeros_like(fam_u), fam_u)
-    new_fam = post_attention(w, heads, residual, cfg)
+    new_fam = update_fam(w, fam_u, q, k_u, v_u, block_k, block_v, mask, fresh_u,
+                         cfg)
     # A block of padding only (the tail of a padded batch) leaves the FAM as is.
     new_fam = jnp.where(has_tokens[:, None, None], new_fam, fam)
     return (new_fam, fresh & ~has_tokens, segment), seen

@@ -13,13 +13,16 @@ from typing import Optional
 import gin
 import jax.numpy as jnp
 
+from fam_jax import param_names
+
 ATTENTION_KINDS = ("full", "bswa", "fam")
 ACTIVATIONS = ("swiglu", "geglu")
 NORMS = ("rmsnorm", "layernorm")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots")
 FIRST_FAM_RESIDUALS = ("zero", "initial")
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+# The projections of a layer, by their parameter names.
+LORA_TARGETS = param_names.PROJECTIONS
 
 
 @gin.configurable
@@ -35,7 +38,7 @@ class FamConfig:
     mlp_dim: hidden width of the gated feed-forward block.
     num_kv_heads: key/value heads; `num_heads` is multi-head attention, 1 is
       multi-query, anything dividing `num_heads` is grouped-query. None: num_heads.
-    head_dim: width of one head. None: d_model // num_heads.
+    head_dim: width of one head. None: d_model / num_heads (which must divide).
     activation: gated feed-forward, `swiglu` (SiLU gate) or `geglu` (tanh-GELU gate).
     norm: pre-layer normalisation, `rmsnorm` or `layernorm`.
     norm_eps: epsilon of the normalisation.
@@ -104,6 +107,10 @@ class FamConfig:
     if self.num_kv_heads is None:
       object.__setattr__(self, "num_kv_heads", self.num_heads)
     if self.head_dim is None and _is_positive_int(self.num_heads):
+      if _is_positive_int(self.d_model) and self.d_model % self.num_heads:
+        _fail("d_model", self.d_model,
+              f"a multiple of num_heads={self.num_heads} when head_dim is unset "
+              "(head_dim = d_model / num_heads); or set head_dim")
       object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
     self.validate()
 

@@ -24,7 +24,10 @@ class Generation:
 
   Attributes:
     tokens: per stream, the generated ids (without the stop token).
-    stopped: per stream, whether a stop token ended it (else max_new_tokens).
+    stopped: per stream, whether a stop token ended it.
+    full: per stream, whether its KV cache (attention='full', the state's
+      capacity) filled up, which ends it like a stop token. Else
+      max_new_tokens ended it.
     state: the streams' state after the last generated token was fed back, so a
       conversation can continue from it.
     prefill_seconds / decode_seconds: wall time of the two phases (the first
@@ -34,6 +37,7 @@ class Generation:
 
   tokens: list[list[int]]
   stopped: list[bool]
+  full: list[bool]
   state: streaming.StreamState
   prefill_seconds: float
   decode_seconds: float
@@ -74,10 +78,21 @@ def generate(params, cfg: FamConfig, state: streaming.StreamState, prompts,
   stop = np.asarray(list(stop_tokens), np.int64)
   active = np.ones((batch,), bool)
   stopped = [False] * batch
+  # attention='full': tokens in each stream's KV cache (tracked here, not read
+  # back from the device every step). A full cache ends its stream before a
+  # token is sampled that could not be fed back.
+  cached = None if cfg.is_blockwise else np.asarray(state.fill).astype(np.int64)
+  full = [False] * batch
   out: list[list[int]] = [[] for _ in range(batch)]
   rng = jax.random.PRNGKey(seed)
   start = time.perf_counter()
   for _ in range(max_new_tokens):
+    if cached is not None:
+      for b in np.flatnonzero(active & (cached >= state.block_size)):
+        full[b] = True
+      active &= cached < state.block_size
+      if not active.any():
+        break
     rng, step_rng = jax.random.split(rng)
     token = np.asarray(sample(step_rng, logits, sampling))
     finished = active & np.isin(token, stop)
@@ -93,8 +108,10 @@ def generate(params, cfg: FamConfig, state: streaming.StreamState, prompts,
     logits, state = streaming.decode_step(params, cfg, state,
                                           np.where(active, token, 0),
                                           active=active)
+    if cached is not None:
+      cached += active
   jax.block_until_ready(state)
-  return Generation(tokens=out, stopped=stopped, state=state,
+  return Generation(tokens=out, stopped=stopped, full=full, state=state,
                     prefill_seconds=prefill_seconds,
                     decode_seconds=time.perf_counter() - start,
                     prompt_tokens=prompt_tokens)

@@ -1,10 +1,15 @@
-"""Finding and parsing the project's gin files (gin_configs/ at the repo root),
-and writing a FamConfig as one."""
+"""Finding and parsing the project's gin files, and writing a FamConfig as one.
+
+The gin files sit in gin_configs/ at the top of the repository, which installs
+as the package `fam_jax.gin_configs` (pyproject.toml maps it), so they are
+found the same way in a normal and in an editable install.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.resources
 import importlib.util  # noqa: F401  gin's resource reader uses it without importing it
 import logging
 import pathlib
@@ -12,7 +17,21 @@ from typing import Sequence
 
 import gin
 
-GIN_CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
+
+def _gin_configs_dir() -> pathlib.Path:
+  try:
+    return pathlib.Path(str(importlib.resources.files("fam_jax.gin_configs")))
+  except ModuleNotFoundError:
+    raise ImportError(
+        "fam_jax.gin_configs is not installed: this fam-jax install predates "
+        "gin_configs/ being package data; reinstall it (pip install -e .)"
+    ) from None
+
+
+GIN_CONFIGS_DIR = _gin_configs_dir()
+# The gin file a checkpoint directory carries with its FamConfig (fam-convert's
+# output, fam-train's export).
+MODEL_GIN_FILE = "model.gin"
 
 
 def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = ()) -> None:

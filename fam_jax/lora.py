@@ -2,8 +2,10 @@
 
 The paper fine-tunes with rank-64 LoRA on attention and feed-forward projections and
 merges the adapters for inference. Adapters are declared next to their kernel
-(`weights.LinearWeights`): `.../kernel`, `.../lora_a` [in..., R], `.../lora_b`
-[R, out...], and the layer computes `x @ kernel + scale * (x @ lora_a) @ lora_b`.
+(`weights.LinearWeights`): a projection holds `lora_a` [in..., R] and `lora_b`
+[R, out...] beside its kernel, and the layer computes
+`x @ kernel + scale * (x @ lora_a) @ lora_b`. Both functions here read and write
+params through `weights.ModelWeights`.
 """
 
 from __future__ import annotations
@@ -12,13 +14,10 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
 
 from fam_jax.config import FamConfig
-
-# Parameters that exist only because of FAM; they start untrained, so they are
-# trained together with the adapters (the base model stays frozen).
-FAM_PARAMETERS = ("summarization_embeddings",)
+from fam_jax.layers import Projection
+from fam_jax.weights import ModelWeights
 
 
 def merge_lora(params: Mapping[str, Any],
@@ -30,25 +29,25 @@ def merge_lora(params: Mapping[str, Any],
     cfg: the config the params belong to (lora_rank > 0).
 
   Returns:
-    (params without lora_a/lora_b, cfg with lora_rank=0), which compute the same
-    logits as the adapted model.
+    (params without lora_a/lora_b, in the layout given, and cfg with
+    lora_rank=0), which compute the same logits as the adapted model.
   """
   if not cfg.lora_rank:
     raise ValueError("merge_lora: cfg.lora_rank is 0, there is nothing to merge")
-  flat = traverse_util.flatten_dict(dict(params))
-  merged = {}
-  for path, value in flat.items():
-    if path[-1] in ("lora_a", "lora_b"):
-      continue
-    if path[-1] == "kernel" and path[:-1] + ("lora_a",) in flat:
-      a = flat[path[:-1] + ("lora_a",)].astype(jnp.float32)
-      b = flat[path[:-1] + ("lora_b",)].astype(jnp.float32)
-      stacked = cfg.scan_layers and path[0] == "layers"
-      outer = jax.vmap(_outer) if stacked else _outer
-      value = (value.astype(jnp.float32) + cfg.lora_scale * outer(a, b)).astype(
-          value.dtype)
-    merged[path] = value
-  return traverse_util.unflatten_dict(merged), cfg.replace(lora_rank=0)
+  w = ModelWeights.from_params(params, cfg)
+  merged = {name: _merged(p) for name, p in w.layers.projections().items()}
+  w = w.replace(layers=w.layers.replace(**merged))
+  return w.to_params(), cfg.replace(lora_rank=0)
+
+
+def _merged(p: Projection) -> Projection:
+  """A stacked [L, ...] projection with its adapter folded in."""
+  if p.lora_a is None:
+    return p
+  update = jax.vmap(_outer)(p.lora_a.astype(jnp.float32),
+                            p.lora_b.astype(jnp.float32))
+  kernel = p.kernel.astype(jnp.float32) + p.lora_scale * update
+  return Projection(kernel.astype(p.kernel.dtype), num_in_axes=p.num_in_axes)
 
 
 def _outer(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -57,12 +56,19 @@ def _outer(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def trainable_mask(params: Mapping[str, Any]) -> dict[str, Any]:
-  """True for the parameters LoRA fine-tuning updates: adapters and FAM's own.
+  """True for the parameters LoRA fine-tuning updates: the adapters and FAM's
+  own summarization embeddings (they start untrained); the base model stays
+  frozen.
 
-  Use with `optax.masked` / `optax.multi_transform` to freeze the base model.
+  Use with `optax.masked` / `optax.multi_transform`. The mask has the layout of
+  `params` (scanned or not), with a Python bool per leaf.
   """
-  flat = traverse_util.flatten_dict(dict(params))
-  return traverse_util.unflatten_dict({
-      path: path[-1] in ("lora_a", "lora_b") or path[0] in FAM_PARAMETERS
-      for path in flat
-  })
+  shapes = jax.eval_shape(ModelWeights.from_tree, params)
+  mask = jax.tree_util.tree_map(lambda _: False, shapes)
+  adapters = {name: p.replace(lora_a=True, lora_b=True)
+              for name, p in mask.layers.projections().items()
+              if p.lora_a is not None}
+  mask = mask.replace(layers=mask.layers.replace(**adapters))
+  if mask.summarization_embeddings is not None:
+    mask = mask.replace(summarization_embeddings=True)
+  return mask.to_params()

@@ -5,7 +5,8 @@
 
 Parameters: token_embedder/embedding [V, D], summarization_embeddings [F, D] (fam
 only), layers/... (stacked [L, ...] when cfg.scan_layers, else layers_0, layers_1,
-...), final_norm/..., lm_head/kernel [D, V] (untied only). Logical axis names are in
+...), final_norm/..., lm_head/kernel [D, V] (untied only); the names are in
+`param_names.py`, and `weights.ModelWeights` reads them. Logical axis names are in
 the `params_axes` collection that `init` returns.
 """
 
@@ -15,10 +16,12 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax.linen import partitioning as nn_partitioning
 
 from fam_jax import blockwise, masks
+from fam_jax import param_names as names
 from fam_jax.config import FamConfig
 from fam_jax.layers import embed, output_logits
 from fam_jax.weights import NormWeights, declare_layer_weights, embedding_init
@@ -83,8 +86,17 @@ class FamLM(nn.Module):
     """Next-token logits for every position.
 
     Args:
-      tokens: [B, T] token ids, any T >= 1 (the last partial block is padded
-        internally and masked; real tokens never see padding).
+      tokens: [B, T] token ids in [0, vocab_size), any T >= 1 (the last partial
+        block is padded internally and masked; real tokens never see padding).
+        Integer arrays; float arrays only when every value is a whole number
+        (t5x initialises with float ones). Checked when the values are known:
+        outside jit, an id out of range or a fractional float raises
+        ValueError. Under jit they cannot be checked: an id >= vocab_size
+        turns that example's logits into NaN (all of them with full
+        attention, from the id's block on with bswa/fam), an id -k reads the
+        embedding of id vocab_size - k and floats are truncated. Check ids
+        before calling a jitted apply (`check_token_ids`; the CLIs and the
+        streaming path do).
       positions: [B, T] absolute positions; default 0..T-1.
       segment_ids: [B, T] ids of packed examples, 0 for padding (t5x convention).
         No information crosses segments, through tokens or FAM (see `masks`).
@@ -102,6 +114,8 @@ class FamLM(nn.Module):
       float32 logits [B, T, V], and the final FAM if return_fam_state.
     """
     cfg = self.cfg
+    if not isinstance(tokens, jax.core.Tracer):
+      check_token_ids(tokens, cfg.vocab_size)
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[1] == 0:
       raise ValueError(f"tokens must be [batch, length>=1]; got {tokens.shape}")
@@ -136,9 +150,9 @@ class FamLM(nn.Module):
       segment_ids = jnp.asarray(segment_ids, jnp.int32)
       valid = segment_ids != 0
 
-    embedding = _Param("embedding", (cfg.vocab_size, cfg.d_model),
+    embedding = _Param(names.EMBEDDING, (cfg.vocab_size, cfg.d_model),
                        ("vocab", "embed"), embedding_init(cfg),
-                       cfg.weights_dtype, name="token_embedder")()
+                       cfg.weights_dtype, name=names.TOKEN_EMBEDDER)()
     x = embed(jnp.take(embedding, tokens, axis=0), cfg)
 
     if cfg.is_blockwise:
@@ -160,7 +174,7 @@ class FamLM(nn.Module):
       if segment_ids is not None:
         ctx = ctx._replace(first_segment=masks.first_valid(segment_ids, valid))
       summarization = param_with_axes(
-          "summarization_embeddings", embedding_init(cfg), (f, cfg.d_model),
+          names.SUMMARIZATION_EMBEDDINGS, embedding_init(cfg), (f, cfg.d_model),
           cfg.weights_dtype, axes=("fam", "embed"))
       fam_chain = embed(summarization, cfg)
 
@@ -169,11 +183,13 @@ class FamLM(nn.Module):
 
     lm_head = None
     if not cfg.tie_embeddings:
-      lm_head = _Param("kernel", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+      lm_head = _Param(names.KERNEL, (cfg.d_model, cfg.vocab_size),
+                       ("embed", "vocab"),
                        nn.initializers.variance_scaling(1.0, "fan_in",
                                                         "truncated_normal"),
-                       cfg.weights_dtype, name="lm_head")()
-    logits = output_logits(x[:, :length], NormWeights(cfg, name="final_norm")(),
+                       cfg.weights_dtype, name=names.LM_HEAD)()
+    logits = output_logits(x[:, :length],
+                           NormWeights(cfg, name=names.FINAL_NORM)(),
                            embedding, lm_head, cfg)
     logits = constrain(logits, ("batch", "length", "vocab"))
     if return_fam_state:
@@ -195,14 +211,34 @@ class FamLM(nn.Module):
           in_axes=(0, nn.broadcast, nn.broadcast),
           length=cfg.num_layers,
           axis_name="layers")
-      return stack(cfg, name="layers")(carry, fam_state, ctx, fam_state_valid)
+      return stack(cfg, name=names.LAYERS)(carry, fam_state, ctx,
+                                           fam_state_valid)
     fam_out = []
     for i in range(cfg.num_layers):
       layer_state = None if fam_state is None else fam_state[i]
-      carry, out = layer(cfg, name=f"layers_{i}")(carry, layer_state, ctx,
-                                                  fam_state_valid)
+      carry, out = layer(cfg, name=names.layer_name(i))(carry, layer_state, ctx,
+                                                        fam_state_valid)
       fam_out.append(out)
     return carry, (jnp.stack(fam_out) if cfg.num_fam_tokens else None)
+
+
+def check_token_ids(tokens, vocab_size: int) -> None:
+  """Raises ValueError unless every id is a whole number in [0, vocab_size)."""
+  ids = np.asarray(tokens)
+  if ids.dtype == bool or not (np.issubdtype(ids.dtype, np.integer) or
+                               np.issubdtype(ids.dtype, np.floating)):
+    raise ValueError(f"token ids must be integers; got dtype {ids.dtype}")
+  if np.issubdtype(ids.dtype, np.floating):
+    fractional = ids != np.round(ids)
+    if fractional.any():
+      where = tuple(int(i) for i in np.argwhere(fractional)[0])
+      raise ValueError(f"token ids must be whole numbers; got {ids[where]} at "
+                       f"index {list(where)} ({ids.dtype})")
+  bad = (ids < 0) | (ids >= vocab_size)
+  if bad.any():
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"token id {ids[where]} at index {list(where)} is outside "
+                     f"the vocabulary [0, {vocab_size})")
 
 
 class _Param(nn.Module):

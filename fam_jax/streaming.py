@@ -20,22 +20,23 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
-from flax import struct
 
-from fam_jax import blockwise
-from fam_jax.checkpoint import config_to_dict
+from fam_jax import atomic, blockwise, masks
+from fam_jax.checkpoint import (config_to_dict, orbax_checkpointer,
+                                params_fingerprint, restore_arrays)
 from fam_jax.config import FamConfig
-from fam_jax.layers import (Norm, attend, embed, output_logits, post_attention,
+from fam_jax.jsonfile import read_json
+from fam_jax.layers import (attend, embed, output_logits, post_attention,
                             pre_attention)
-from fam_jax.weights import layer_weights_from_params
+from fam_jax.weights import ModelWeights
 
-STATE_FORMAT = "fam-jax-stream/1"
+STATE_FORMAT = "fam-jax-stream/2"  # /2: with the weights' fingerprint
+STATE_FILE = "stream.json"
 
 
 class StreamState(NamedTuple):
@@ -69,35 +70,6 @@ class StreamState(NamedTuple):
   @property
   def block_size(self) -> int:
     return self.block_k.shape[2]
-
-
-@struct.dataclass
-class _Weights:
-  """The parameters the streaming path reads, layers stacked [L, ...]."""
-
-  embedding: jax.Array
-  final_norm: Norm
-  lm_head: Optional[jax.Array]
-  layers: Any  # LayerWeights with a leading [L] axis
-  summarization: Optional[jax.Array]
-
-
-def _weights(params, cfg: FamConfig) -> _Weights:
-  """Runs inside jit. Unscanned params are stacked there on every call: convert
-  checkpoints to scanned layers (the default) for fast streaming."""
-  if "layers" in params:
-    layers = params["layers"]
-  else:  # unscanned checkpoints: stack layers_0, layers_1, ...
-    layers = jax.tree_util.tree_map(
-        lambda *xs: jnp.stack(xs),
-        *[params[f"layers_{i}"] for i in range(cfg.num_layers)])
-  norm = params["final_norm"]
-  return _Weights(
-      embedding=params["token_embedder"]["embedding"],
-      final_norm=Norm(norm["scale"], norm.get("bias")),
-      lm_head=None if cfg.tie_embeddings else params["lm_head"]["kernel"],
-      layers=layer_weights_from_params(layers, cfg),
-      summarization=params.get("summarization_embeddings"))
 
 
 def _stream_block_size(cfg: FamConfig, capacity: Optional[int]) -> int:
@@ -147,7 +119,7 @@ def init_state(params, cfg: FamConfig, batch_size: int = 1, *,
 def _initial_fam(params, cfg: FamConfig, position: jax.Array):
   """Each layer's F_0 (summarization embeddings through the layers below it),
   with keys at the F positions before `position`."""
-  w = _weights(params, cfg)
+  w = ModelWeights.from_params(params, cfg)
   f = cfg.num_fam_tokens
   batch = position.shape[0]
   fam_positions = position[:, None] - f + jnp.arange(f)
@@ -157,7 +129,8 @@ def _initial_fam(params, cfg: FamConfig, position: jax.Array):
     _, k, v = pre_attention(lw, fam, fam_positions, cfg)
     return blockwise.initial_fam_layer(lw, chain, cfg), (fam, k, v)
 
-  _, (fam, k, v) = jax.lax.scan(layer, embed(w.summarization, cfg), w.layers)
+  _, (fam, k, v) = jax.lax.scan(layer, embed(w.summarization_embeddings, cfg),
+                                w.layers)
   return fam, k, v
 
 
@@ -170,7 +143,9 @@ def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
     (logits [B, C, V] if all_logits else [B, V] of each stream's last new token,
     new state).
   """
-  w = _weights(params, cfg)
+  # Unscanned params are stacked here on every call: convert checkpoints to
+  # scanned layers (the default) for fast streaming.
+  w = ModelWeights.from_params(params, cfg)
   n = state.block_size
   m = state.memory_k.shape[2]
   f = cfg.num_fam_tokens
@@ -180,17 +155,10 @@ def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
   end = state.fill + n_new  # [B] block slots filled after this chunk
   complete = (end == n) if cfg.is_blockwise else jnp.zeros((b,), bool)
 
-  # Mask over [ring (m·N) | FAM (F) | current block (N)]: the layout of
-  # `masks.block_attention_mask`, with the ring standing in for the memory
-  # segments (softmax does not care about key order).
-  slot = jnp.arange(n)
-  query_slot = state.fill[:, None] + offsets  # [B, C]
-  ring_valid = jnp.arange(m)[None] < state.blocks_done[:, None]  # [B, m]
-  ring = jnp.repeat(ring_valid, n, axis=1)[:, None, :]
-  own = (slot[None, None] <= query_slot[..., None]) & (slot < end[:, None])[:, None]
-  mask = jnp.concatenate([jnp.broadcast_to(ring, (b, c, m * n)),
-                          jnp.ones((b, c, f), bool), own], axis=-1)
+  # Keys: [ring (m·N) | FAM (F) | current block (N)].
+  mask = masks.stream_chunk_mask(state.fill, end, state.blocks_done, c, n, m, f)
   # Block slots this chunk writes, and which chunk token goes there.
+  slot = jnp.arange(n)
   write = (slot[None] >= state.fill[:, None]) & (slot[None] < end[:, None])
   source = jnp.clip(slot[None] - state.fill[:, None], 0, c - 1)[..., None, None]
   ring_slot = (state.blocks_done % max(m, 1))[:, None] == jnp.arange(m)[None]
@@ -238,18 +206,15 @@ def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
 
 def _update_fam(lw, fam, fam_k, fam_v, blk_k, blk_v, fresh, complete,
                 block_start, next_block_start, cfg: FamConfig):
-  """Algorithm 2, step 3 for streams whose block just filled up (as
-  `blockwise.fam_scan`): FAM queries see the FAM and the whole block."""
+  """`blockwise.update_fam` for the streams whose block just filled up; the
+  others keep their FAM. Also returns the new FAM's keys and values at the F
+  positions before the next block."""
   f = cfg.num_fam_tokens
   arange = jnp.arange(f)
   q, _, _ = pre_attention(lw, fam, block_start[:, None] - f + arange, cfg)
-  keys = jnp.concatenate([fam_k, blk_k], axis=1)
-  values = jnp.concatenate([fam_v, blk_v], axis=1)
-  heads = attend(q, keys, values, jnp.ones((1, 1, keys.shape[1]), bool))
-  residual = fam
-  if cfg.first_fam_residual == "zero":
-    residual = jnp.where(fresh[:, None, None], jnp.zeros_like(fam), fam)
-  new_fam = post_attention(lw, heads, residual, cfg)
+  mask = masks.fam_update_mask(jnp.ones(blk_k.shape[:2], bool), f)  # full block
+  new_fam = blockwise.update_fam(lw, fam, q, fam_k, fam_v, blk_k, blk_v, mask,
+                                 fresh, cfg)
   _, new_k, new_v = pre_attention(lw, new_fam,
                                   next_block_start[:, None] - f + arange, cfg)
   pick = lambda new, old: jnp.where(
@@ -265,12 +230,18 @@ def check_state(state: StreamState, cfg: FamConfig) -> None:
   """Raises ValueError if `state` was not made for a model with `cfg`."""
   layers, batch = state.fam.shape[:2]
   m = cfg.memory_segments if cfg.is_blockwise else 0
+  n = state.block_size
+  kv = (cfg.num_kv_heads, cfg.head_dim)
+  fam_kv = (cfg.num_layers, batch, cfg.num_fam_tokens, *kv)
   want = {
       "fam": (cfg.num_layers, batch, cfg.num_fam_tokens, cfg.d_model),
-      "fam_k": (cfg.num_layers, batch, cfg.num_fam_tokens, cfg.num_kv_heads,
-                cfg.head_dim),
-      "memory_k": (cfg.num_layers, batch, m, state.block_size, cfg.num_kv_heads,
-                   cfg.head_dim),
+      "fam_k": fam_kv, "fam_v": fam_kv,
+      "memory_k": (cfg.num_layers, batch, m, n, *kv),
+      "memory_v": (cfg.num_layers, batch, m, n, *kv),
+      "block_k": (cfg.num_layers, batch, n, *kv),
+      "block_v": (cfg.num_layers, batch, n, *kv),
+      "position": (batch,), "fill": (batch,), "blocks_done": (batch,),
+      "fam_fresh": (batch,),
   }
   for name, shape in want.items():
     got = tuple(getattr(state, name).shape)
@@ -282,9 +253,25 @@ def check_state(state: StreamState, cfg: FamConfig) -> None:
                      f"cfg.block_size {cfg.block_size}")
 
 
+def _check_lengths(lengths, batch: int, length: int) -> np.ndarray:
+  """lengths as [B] int64; refuses floats and a shape that is not [B]."""
+  if lengths is None:
+    return np.full((batch,), length, np.int64)
+  array = np.asarray(lengths)
+  if array.shape != (batch,):
+    raise ValueError(f"lengths must hold one length per stream, shape "
+                     f"({batch},); got shape {array.shape}")
+  if not np.issubdtype(array.dtype, np.integer):
+    raise ValueError(f"lengths must be integers; got {array.tolist()} "
+                     f"({array.dtype})")
+  return array.astype(np.int64)
+
+
 def _check_tokens(tokens: np.ndarray, lengths: np.ndarray, cfg: FamConfig) -> None:
   if tokens.ndim != 2:
     raise ValueError(f"tokens must be [streams, length]; got shape {tokens.shape}")
+  if not np.issubdtype(tokens.dtype, np.integer):
+    raise ValueError(f"token ids must be integers; got dtype {tokens.dtype}")
   if np.any(lengths < 1):
     raise ValueError(f"empty prompt: stream(s) {np.flatnonzero(lengths < 1).tolist()}"
                      " have no tokens")
@@ -323,11 +310,10 @@ def prefill(params, cfg: FamConfig, state: StreamState, tokens, *,
     (logits, new state).
   """
   tokens = np.asarray(tokens)
-  if tokens.ndim == 1:
+  if tokens.ndim != 2:
     raise ValueError(f"tokens must be [streams, length]; got shape {tokens.shape}")
   batch, length = tokens.shape
-  lengths = (np.full((batch,), length) if lengths is None
-             else np.asarray(lengths, np.int64))
+  lengths = _check_lengths(lengths, batch, length)
   _check_tokens(tokens, lengths, cfg)
   check_state(state, cfg)
   if state.fam.shape[1] != batch:
@@ -390,6 +376,8 @@ def decode_step(params, cfg: FamConfig, state: StreamState, token, *,
   active = (np.ones(token.shape, bool) if active is None
             else np.asarray(active, bool).reshape(-1))
   check_state(state, cfg)
+  if not np.issubdtype(token.dtype, np.integer):
+    raise ValueError(f"token ids must be integers; got dtype {token.dtype}")
   if token.shape[0] != state.fam.shape[1] or active.shape != token.shape:
     raise ValueError(f"decode_step needs one token (and active flag) per stream: "
                      f"{state.fam.shape[1]} streams, got {token.shape[0]} tokens")
@@ -406,29 +394,59 @@ def decode_step(params, cfg: FamConfig, state: StreamState, token, *,
                    jnp.asarray(active, jnp.int32), cfg, False)
 
 
-def save_state(directory: str, state: StreamState, cfg: FamConfig) -> None:
-  """Writes the state and the config it belongs to (orbax + JSON)."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "stream.json"), "w") as f:
-    json.dump({"format": STATE_FORMAT, "config": config_to_dict(cfg)}, f,
-              indent=2, sort_keys=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(directory, "state"), state._asdict())
-  checkpointer.wait_until_finished()
+def save_state(directory: str, state: StreamState, cfg: FamConfig, *, params,
+               overwrite: bool = False) -> None:
+  """Writes the state, its config and a fingerprint of `params` in one step
+  (`atomic.writing`: a killed or failed save leaves the old directory as it was).
+
+  Args:
+    directory: absent or empty, or (with overwrite) a saved state to replace.
+    state: the streams' state.
+    cfg: the config it belongs to.
+    params: the weights it was made with (only their fingerprint is stored,
+      see `checkpoint.params_fingerprint`; load_state refuses other weights).
+    overwrite: replace a state already saved in `directory`.
+  """
+  fields = state._asdict()
+  # orbax refuses arrays of size 0 (the FAM of bswa/full, the ring of full):
+  # their shapes and dtypes go into stream.json instead.
+  empty = {k: [list(v.shape), str(v.dtype)] for k, v in fields.items()
+           if v.size == 0}
+  meta = {"format": STATE_FORMAT, "config": config_to_dict(cfg),
+          "weights": params_fingerprint(params), "empty": empty,
+          "batch_size": int(state.fam.shape[1]), "block_size": state.block_size}
+  with atomic.writing(directory, overwrite=overwrite, marker=STATE_FILE,
+                      kind="a saved stream state") as tmp:
+    with open(os.path.join(tmp, STATE_FILE), "w") as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+    atomic.kill_point("state-meta-written")
+    orbax_checkpointer().save(os.path.join(tmp, "state"),
+                              {k: v for k, v in fields.items() if k not in empty})
+    atomic.kill_point("state-arrays-written")
 
 
-def load_state(directory: str, cfg: FamConfig) -> StreamState:
-  """Reads a state saved by save_state; refuses one saved for another config."""
+def read_state_meta(directory: str) -> dict:
+  """The stream.json of a saved state (format checked)."""
+  path = os.path.join(os.path.abspath(directory), STATE_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: not a saved StreamState")
+  meta = read_json(path)
+  if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+    found = meta.get("format") if isinstance(meta, dict) else None
+    raise ValueError(f"{path}: format {found!r}, expected {STATE_FORMAT!r}")
+  missing = [k for k in ("config", "weights", "batch_size", "block_size")
+             if k not in meta]
+  if missing:
+    raise ValueError(f"{path} has no {', '.join(missing)}: damaged")
+  return meta
+
+
+def load_state(directory: str, cfg: FamConfig, *, params) -> StreamState:
+  """Reads a state saved by save_state; refuses one saved for another config or
+  with other weights than `params`."""
   directory = os.path.abspath(directory)
-  meta_path = os.path.join(directory, "stream.json")
-  if not os.path.exists(meta_path):
-    raise FileNotFoundError(f"{meta_path} not found: not a saved StreamState")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  if meta.get("format") != STATE_FORMAT:
-    raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected "
-                     f"{STATE_FORMAT!r}")
+  meta = read_state_meta(directory)
+  meta_path = os.path.join(directory, STATE_FILE)
   ours = config_to_dict(cfg)
   differ = sorted(k for k in set(ours) | set(meta["config"])
                   if ours.get(k) != meta["config"].get(k))
@@ -436,5 +454,19 @@ def load_state(directory: str, cfg: FamConfig) -> StreamState:
     detail = ", ".join(f"{k}: saved {meta['config'].get(k)!r}, model {ours.get(k)!r}"
                        for k in differ)
     raise ValueError(f"the saved stream belongs to another model config ({detail})")
-  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, "state"))
-  return StreamState(**restored)
+  weights = params_fingerprint(params)
+  if meta.get("weights") != weights:
+    raise ValueError(f"{meta_path}: the stream was saved with other weights "
+                     f"(fingerprint {meta.get('weights')}, these weights "
+                     f"{weights}); resume it with the model that made it")
+  restored = restore_arrays(os.path.join(directory, "state"),
+                            "the saved stream's arrays")
+  if isinstance(restored, dict):
+    restored.update({k: jnp.zeros(shape, dtype)
+                     for k, (shape, dtype) in meta.get("empty", {}).items()})
+  if not isinstance(restored, dict) or set(restored) != set(StreamState._fields):
+    raise ValueError(f"{directory}/state: not a StreamState (fields "
+                     f"{sorted(restored) if isinstance(restored, dict) else restored})")
+  state = StreamState(**restored)
+  check_state(state, cfg)
+  return state

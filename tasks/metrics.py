@@ -2,9 +2,9 @@
 
 Each returns {name: value} with value in percent (0-100), averaged over the
 examples (next-token accuracy: over all tokens):
-- `rouge_l`: ROUGE-L F-measure (longest common subsequence) with the tokenizer
-  of Google's rouge-score package (lowercase ASCII letters and digits);
-  optional stemming (the paper's tasks use none [choice]). NarrativeQA,
+- `rouge_l`: ROUGE-L F-measure (longest common subsequence), computed by
+  Google's rouge-score package (tokens: lowercase ASCII letters and digits);
+  optional Porter stemming (the paper's tasks use none [choice]). NarrativeQA,
   Qasper, XLSum.
 - `accuracy`: exact match after collapsing whitespace. QuALITY.
 - `next_token_accuracy`: share of tokens the model predicts right given all the
@@ -16,10 +16,12 @@ A target may be a list of references: ROUGE-L and accuracy take the best.
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
+from rouge_score import rouge_scorer
 
 # The aux_values key under which a model hands its teacher-forced per-token
 # predictions (argmax ids, one array per example, aligned with `targets`) to
@@ -28,44 +30,19 @@ NEXT_TOKEN_PREDICTIONS = "next_token_predictions"
 
 Target = Union[str, Sequence[str]]
 
-_NOT_ALPHANUMERIC = re.compile(r"[^a-z0-9]+")
 _INTEGER = re.compile(r"[0-9]+")
 
 
-def rouge_tokenize(text: str,
-                   stem: Optional[Callable[[str], str]] = None) -> list[str]:
-  """rouge-score's default tokenization: lowercase, split on anything that is
-  not an ASCII letter or digit; `stem` applies to tokens longer than 3."""
-  tokens = _NOT_ALPHANUMERIC.sub(" ", text.lower()).split()
-  if stem is not None:
-    tokens = [stem(t) if len(t) > 3 else t for t in tokens]
-  return tokens
-
-
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-  previous = [0] * (len(b) + 1)
-  for x in a:
-    current = [0]
-    for j, y in enumerate(b):
-      current.append(previous[j] + 1 if x == y
-                     else max(previous[j + 1], current[j]))
-    previous = current
-  return previous[-1]
+@functools.lru_cache(maxsize=None)
+def _rouge_l_scorer(use_stemmer: bool) -> rouge_scorer.RougeScorer:
+  return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
 
 
 def rouge_l_fmeasure(target: str, prediction: str,
-                     stem: Optional[Callable[[str], str]] = None) -> float:
+                     use_stemmer: bool = False) -> float:
   """ROUGE-L F1 of one prediction against one reference, in [0, 1]."""
-  target_tokens = rouge_tokenize(target, stem)
-  prediction_tokens = rouge_tokenize(prediction, stem)
-  if not target_tokens or not prediction_tokens:
-    return 0.0
-  lcs = _lcs_length(target_tokens, prediction_tokens)
-  if lcs == 0:
-    return 0.0
-  precision = lcs / len(prediction_tokens)
-  recall = lcs / len(target_tokens)
-  return 2 * precision * recall / (precision + recall)
+  score = _rouge_l_scorer(bool(use_stemmer)).score(target, prediction)
+  return score["rougeL"].fmeasure
 
 
 def _references(target: Target) -> Sequence[str]:
@@ -83,11 +60,11 @@ def _mean_percent(values: Sequence[float]) -> float:
 
 
 def rouge_l(targets: Sequence[Target], predictions: Sequence[str],
-            stem: Optional[Callable[[str], str]] = None) -> dict[str, float]:
+            use_stemmer: bool = False) -> dict[str, float]:
   """Mean ROUGE-L F-measure (best reference per example), in percent."""
   _check_pairs(targets, predictions)
   return {"rouge_l": _mean_percent([
-      max(rouge_l_fmeasure(r, p, stem) for r in _references(t))
+      max(rouge_l_fmeasure(r, p, use_stemmer) for r in _references(t))
       for t, p in zip(targets, predictions)])}
 
 

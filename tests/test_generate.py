@@ -6,7 +6,7 @@ import pytest
 from fam_jax import checkpoint, streaming
 from fam_jax.cli.generate import main as generate_main
 from fam_jax.generate import generate
-from fam_jax.tokenizer import ByteTokenizer, IncrementalDecoder
+from fam_jax.text.tokenizer import ByteTokenizer, IncrementalDecoder
 from util import init_params, random_tokens, run, tiny_config
 
 
@@ -90,6 +90,49 @@ def test_cli_random_weights_smoke(capsys):
   assert "attention=bswa" in capsys.readouterr().err
 
 
-def test_cli_refuses_empty_prompt():
-  with pytest.raises(SystemExit, match="empty"):
-    generate_main(["--random-weights", "--gin", "models/tiny.gin", "--prompt", ""])
+def test_generation_stops_when_the_kv_cache_is_full():
+  cfg = tiny_config(attention="full")
+  _, params = init_params(cfg)
+  prompt = random_tokens(cfg, 1, 5)
+  roomy = generate(params, cfg, streaming.init_state(params, cfg, 1, capacity=64),
+                   prompt, max_new_tokens=10)
+  small = generate(params, cfg, streaming.init_state(params, cfg, 1, capacity=9),
+                   prompt, max_new_tokens=10)
+  # 9 - 5 = 4 tokens fit; they are the first four of the unconstrained run.
+  assert small.tokens[0] == roomy.tokens[0][:4]
+  assert small.full == [True] and roomy.full == [False]
+  assert small.stopped == [False]
+  assert int(small.state.fill[0]) == 9  # every kept token is in the state
+
+
+def test_cli_keeps_what_was_generated_when_the_kv_cache_fills(tmp_path, capsys):
+  cfg = tiny_config(attention="fam", vocab_size=259, block_size=8,
+                    memory_segments=1, fam_length=2)
+  _, params = init_params(cfg)
+  checkpoint.save_checkpoint(str(tmp_path / "model"), params, cfg)
+  args = ["--checkpoint", str(tmp_path / "model"), "--prompt", "hello",
+          "--attention", "full", "--no-progress", "--max-new-tokens", "10"]
+  assert generate_main(args + ["--capacity", "8"]) == 0
+  out = capsys.readouterr()
+  assert "stopped after 3 tokens: the KV cache is full (--capacity 8)" in out.err
+  assert generate_main(args + ["--capacity", "64"]) == 0
+  roomy = capsys.readouterr().out
+  tokenizer = ByteTokenizer()
+  assert (tokenizer.encode(out.out.rstrip("\n")) ==
+          tokenizer.encode(roomy.rstrip("\n"))[:3])
+
+
+def test_cli_resumes_and_saves_back_into_the_same_directory(tmp_path, capsys):
+  cfg = tiny_config(attention="bswa", vocab_size=259, block_size=8,
+                    memory_segments=1)
+  _, params = init_params(cfg)
+  checkpoint.save_checkpoint(str(tmp_path / "model"), params, cfg)
+  stream = str(tmp_path / "stream")
+  args = ["--checkpoint", str(tmp_path / "model"), "--no-progress",
+          "--max-new-tokens", "2", "--save-state", stream]
+  assert generate_main(args + ["--prompt", "hello"]) == 0
+  assert generate_main(args + ["--prompt", "more", "--resume-state", stream,
+                               "--overwrite"]) == 0
+  capsys.readouterr()
+  state = streaming.load_state(stream, cfg, params=params)
+  assert int(state.position[0]) == (5 + 2) + (4 + 2)

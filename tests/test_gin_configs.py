@@ -17,13 +17,6 @@ PAPER_SHAPES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _config(path, bindings=()):
   parse_gin([path], bindings)
   return FamConfig()

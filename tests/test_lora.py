@@ -26,13 +26,17 @@ def test_merged_equals_unmerged(scan_layers):
   assert rel_err(adapted, run(FamLM(merged_cfg), without_adapters(params), tokens)) > 1e-3
 
 
+def _trained(mask):
+  """The paths of the leaves a mask sets."""
+  return sorted("/".join(k.key for k in path)
+                for path, on in jax.tree_util.tree_leaves_with_path(mask) if on)
+
+
 def test_trainable_mask_selects_adapters_and_fam_parameters():
   cfg = tiny_config(attention="fam", block_size=4, fam_length=2, lora_rank=2,
                     lora_targets=("q", "down"))
   _, params = init_params(cfg)
-  mask = trainable_mask(params)
-  trained = sorted("/".join(k.key for k in path)
-                   for path, on in jax.tree_util.tree_leaves_with_path(mask) if on)
+  trained = _trained(trainable_mask(params))
   assert trained == ["layers/attention/q/lora_a", "layers/attention/q/lora_b",
                      "layers/mlp/down/lora_a", "layers/mlp/down/lora_b",
                      "summarization_embeddings"]
@@ -43,3 +47,17 @@ def test_merge_needs_adapters():
   _, params = init_params(cfg)
   with pytest.raises(ValueError, match="lora_rank"):
     merge_lora(params, cfg)
+
+
+def test_trainable_mask_follows_an_unscanned_layout():
+  cfg = tiny_config(attention="fam", block_size=4, fam_length=2, lora_rank=2,
+                    lora_targets=("v",), scan_layers=False)
+  _, params = init_params(cfg)
+  mask = trainable_mask(params)
+  assert (jax.tree_util.tree_structure(mask)
+          == jax.tree_util.tree_structure(params))
+  assert _trained(mask) == [
+      "layers_0/attention/v/lora_a", "layers_0/attention/v/lora_b",
+      "layers_1/attention/v/lora_a", "layers_1/attention/v/lora_b",
+      "summarization_embeddings"]
+  assert all(isinstance(on, bool) for on in jax.tree_util.tree_leaves(mask))

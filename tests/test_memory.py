@@ -1,12 +1,13 @@
 """Compiled peak memory of a forward+backward pass grows linearly with length for
-bswa/fam (no (length)² array exists) and quadratically for full attention."""
+bswa/fam (no (length)² array exists) and quadratically for full attention; the
+streaming memory estimate bounds what XLA allocates."""
 
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
 
-from fam_jax import FamLM
+from fam_jax import FamLM, memory, streaming
 from util import tiny_config
 
 
@@ -42,3 +43,50 @@ def test_peak_memory_growth(attention, capsys):
     assert ratio > 30  # quadratic: 64x in the limit
   else:
     assert ratio <= 10
+
+
+WIDER = dict(num_layers=4, d_model=128, num_heads=8, num_kv_heads=8, mlp_dim=512)
+
+
+@pytest.mark.parametrize("attention,capacity,fields", [
+    ("full", 4096, {}), ("full", 32768, {}), ("full", 1000, WIDER),
+    ("fam", None, {}), ("bswa", None, {}),
+    ("fam", None, dict(block_size=512, memory_segments=3, fam_length=64))])
+def test_stream_memory_estimate_bounds_xla_analysis(attention, capacity, fields):
+  """memory.stream_memory, the estimate behind fam-generate's refusal, against
+  XLA's analysis of the compiled streaming step: the state and weights are
+  exact, the activations at least XLA's temporaries and at most twice them
+  (measured: 1.01-1.5x)."""
+  cfg = tiny_config(**{**dict(attention=attention, vocab_size=259, d_model=64,
+                              num_heads=4, num_kv_heads=2, mlp_dim=128,
+                              block_size=64, memory_segments=1, fam_length=8),
+                       **fields})
+  params = jax.eval_shape(FamLM(cfg).init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 1), jnp.int32))["params"]
+  state = jax.eval_shape(
+      lambda p: streaming.init_state(p, cfg, 1, capacity=capacity), params)
+  need = memory.stream_memory(cfg, batch_size=1, capacity=capacity)
+  chunk = cfg.block_size if cfg.is_blockwise else min(capacity, 512)
+  stats = streaming._jit_step.lower(
+      params, state, jax.ShapeDtypeStruct((1, chunk), jnp.int32),
+      jax.ShapeDtypeStruct((1,), jnp.int32), cfg, False).compile().memory_analysis()
+  leaves = lambda tree: jax.tree_util.tree_leaves(tree)
+  assert need.state == sum(x.size * x.dtype.itemsize for x in leaves(state))
+  assert need.weights == sum(x.size * x.dtype.itemsize for x in leaves(params))
+  assert stats.temp_size_in_bytes <= need.activations <= 2 * stats.temp_size_in_bytes
+
+
+def test_a_request_larger_than_memory_is_refused_naming_the_flag():
+  full = tiny_config(attention="full")
+  need = memory.stream_memory(full, capacity=10**6)
+  with pytest.raises(memory.MemoryTooSmall,
+                     match=r"--capacity 1000000 \(attention='full'\) needs about "
+                     r"[\d.,]+ GiB .* but 1.0 GiB are available; lower --capacity"):
+    memory.check_fits(need, full, capacity=10**6, available=2**30)
+  memory.check_fits(need, full, capacity=10**6, available=need.total)
+  with pytest.raises(ValueError, match="pass capacity=<max tokens>"):
+    memory.stream_memory(full)
+  fam = tiny_config(attention="fam", block_size=4096, fam_length=8)
+  with pytest.raises(memory.MemoryTooSmall, match="lower --block-size or "
+                     "--memory-segments"):
+    memory.check_fits(memory.stream_memory(fam), fam, available=2**20)

@@ -8,7 +8,7 @@ import pytest
 from fam_jax import FamLM
 from reference import reference_forward
 from util import (init_params, random_tokens, rel_err, run, tiny_config,
-                  unstack_layers)
+                  tiny_setup, unstack_layers)
 
 TOL = 1e-5  # max relative error vs the float64 reference (issue #2)
 
@@ -30,10 +30,9 @@ REFERENCE_CASES = [
 
 @pytest.mark.parametrize("attention,n,m,f,kv,length", REFERENCE_CASES)
 def test_matches_reference(attention, n, m, f, kv, length):
-  cfg = tiny_config(attention=attention, block_size=n, memory_segments=m,
-                    fam_length=max(f, 1), num_kv_heads=kv)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, length)
+  cfg, model, params, tokens = tiny_setup(2, length, attention=attention,
+                                          block_size=n, memory_segments=m,
+                                          fam_length=max(f, 1), num_kv_heads=kv)
   expected, expected_fam = reference_forward(params, cfg, tokens)
   if attention == "fam":
     logits, fam = run(model, params, tokens, return_fam_state=True)
@@ -52,10 +51,9 @@ def test_matches_reference(attention, n, m, f, kv, length):
     dict(first_fam_residual="initial"),
 ])
 def test_architecture_variants_match_reference(variant):
-  cfg = tiny_config(attention="fam", block_size=8, memory_segments=1,
-                    fam_length=4, num_kv_heads=2, **variant)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 29)
+  cfg, model, params, tokens = tiny_setup(2, 29, attention="fam", block_size=8,
+                                          memory_segments=1, fam_length=4,
+                                          num_kv_heads=2, **variant)
   expected, expected_fam = reference_forward(params, cfg, tokens)
   logits, fam = run(model, params, tokens, return_fam_state=True)
   assert rel_err(logits, expected) <= TOL
@@ -83,11 +81,10 @@ def _packed_segments(rng, batch, length, max_segment):
     ("fam", 4, 1, 2, "initial"), ("bswa", 4, 2, 0, "zero"),
     ("full", 4, 0, 0, "zero")])
 def test_packed_inputs_match_reference(attention, n, m, f, residual):
-  cfg = tiny_config(attention=attention, block_size=n, memory_segments=m,
-                    fam_length=max(f, 1), num_kv_heads=2,
-                    first_fam_residual=residual)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 3, 37)
+  cfg, model, params, tokens = tiny_setup(3, 37, attention=attention,
+                                          block_size=n, memory_segments=m,
+                                          fam_length=max(f, 1), num_kv_heads=2,
+                                          first_fam_residual=residual)
   segments, positions = _packed_segments(np.random.default_rng(n + m), 3, 37,
                                          3 * n)
   expected, _ = reference_forward(params, cfg, tokens, positions=positions,
@@ -117,10 +114,9 @@ def test_packed_segments_are_isolated():
 
 
 def test_position_offset_and_passed_state_match_reference():
-  cfg = tiny_config(attention="fam", block_size=4, memory_segments=1,
-                    fam_length=3, num_kv_heads=2)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 18)
+  cfg, model, params, tokens = tiny_setup(2, 18, attention="fam", block_size=4,
+                                          memory_segments=1, fam_length=3,
+                                          num_kv_heads=2)
   state = jax.random.normal(jax.random.PRNGKey(5), (2, 2, 3, cfg.d_model))
   valid = np.array([True, False])
   offset = np.array([12345, 0], np.int32)
@@ -146,10 +142,9 @@ def test_bswa_with_one_block_equals_full():
 
 @pytest.mark.parametrize("attention", ["full", "bswa", "fam"])
 def test_causality(attention):
-  cfg = tiny_config(attention=attention, block_size=4, memory_segments=1,
-                    fam_length=2)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 1, 22)
+  cfg, model, params, tokens = tiny_setup(1, 22, attention=attention,
+                                          block_size=4, memory_segments=1,
+                                          fam_length=2)
   base = np.asarray(run(model, params, tokens))
   for t in (0, 5, 8, 13, 21):
     changed = tokens.copy()
@@ -188,20 +183,17 @@ def test_bswa_receptive_field_is_exact():
 
 def test_fam_reaches_beyond_the_window():
   n, m, layers = 4, 1, 2
-  cfg = tiny_config(attention="fam", block_size=n, memory_segments=m,
-                    num_layers=layers, fam_length=2)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 1, 9 * n)
+  cfg, model, params, tokens = tiny_setup(1, 9 * n, attention="fam",
+                                          block_size=n, memory_segments=m,
+                                          num_layers=layers, fam_length=2)
   assert _last_logit_change(model, params, tokens, 0) > 1e-6
 
 
 def test_padding_never_reaches_real_tokens():
   """Padding (segment 0) tokens can be anything: real logits and the final FAM
   do not change."""
-  cfg = tiny_config(attention="fam", block_size=4, memory_segments=1,
-                    fam_length=2)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 19)
+  cfg, model, params, tokens = tiny_setup(2, 19, attention="fam", block_size=4,
+                                          memory_segments=1, fam_length=2)
   segments = np.ones_like(tokens)
   segments[:, 13:] = 0
   other = tokens.copy()
@@ -220,10 +212,9 @@ def test_padding_never_reaches_real_tokens():
 
 @pytest.mark.parametrize("remat", ["none", "full", "dots"])
 def test_scanned_and_unrolled_layers_agree(remat):
-  cfg = tiny_config(attention="fam", block_size=4, memory_segments=1,
-                    fam_length=2, remat=remat)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 14)
+  cfg, model, params, tokens = tiny_setup(2, 14, attention="fam", block_size=4,
+                                          memory_segments=1, fam_length=2,
+                                          remat=remat)
   scanned = run(model, params, tokens)
   unrolled_cfg = cfg.replace(scan_layers=False)
   unrolled = run(FamLM(unrolled_cfg), unstack_layers(params, cfg.num_layers),
@@ -235,10 +226,9 @@ def test_scanned_and_unrolled_layers_agree(remat):
 def test_position_offset_is_a_pure_translation(attention):
   """RoPE is relative and FAM positions follow the tokens, so shifting every
   position leaves the logits unchanged (up to float32 rounding of the angles)."""
-  cfg = tiny_config(attention=attention, block_size=4, memory_segments=1,
-                    fam_length=2)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 17)
+  cfg, model, params, tokens = tiny_setup(2, 17, attention=attention,
+                                          block_size=4, memory_segments=1,
+                                          fam_length=2)
   a = run(model, params, tokens)
   b = run(model, params, tokens,
                   position_offset=np.array([777, 30_000], np.int32))
@@ -248,10 +238,8 @@ def test_position_offset_is_a_pure_translation(attention):
 def test_passed_state_continues_a_sequence():
   """With m=0 a block sees only its FAM and itself, so a sequence split at a
   block boundary and resumed from the returned FAM gives the same logits."""
-  cfg = tiny_config(attention="fam", block_size=4, memory_segments=0,
-                    fam_length=3)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 22)
+  cfg, model, params, tokens = tiny_setup(2, 22, attention="fam", block_size=4,
+                                          memory_segments=0, fam_length=3)
   whole = run(model, params, tokens)
   head, fam = run(model, params, tokens[:, :12],
                           return_fam_state=True)
@@ -262,9 +250,7 @@ def test_passed_state_continues_a_sequence():
 
 
 def test_bad_inputs_are_rejected():
-  cfg = tiny_config(attention="bswa", block_size=4)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 1, 8)
+  cfg, model, params, tokens = tiny_setup(1, 8, attention="bswa", block_size=4)
   with pytest.raises(ValueError, match="attention='fam'"):
     run(model, params, tokens, return_fam_state=True)
   with pytest.raises(ValueError, match="positions"):
@@ -276,3 +262,29 @@ def test_bad_inputs_are_rejected():
   with pytest.raises(ValueError, match="fam_state"):
     run(fam_model, fam_params, tokens,
                     fam_state=np.zeros((2, 1, 3, 32), np.float32))
+
+
+def test_token_ids_are_checked_where_their_values_are_known():
+  cfg = tiny_config(attention="bswa", block_size=4)
+  model, params = init_params(cfg)
+  variables = {"params": params}
+  tokens = random_tokens(cfg, 2, 9)
+  for bad in (61, -1, 1000):
+    wrong = tokens.copy()
+    wrong[1, 3] = bad
+    with pytest.raises(ValueError, match=rf"token id {bad} at index \[1, 3\] is "
+                       r"outside the vocabulary \[0, 61\)"):
+      model.apply(variables, wrong)
+  with pytest.raises(ValueError, match=r"whole numbers; got 2.5 at index \[0, 0\]"):
+    model.apply(variables, np.full((1, 3), 2.5, np.float32))
+  with pytest.raises(ValueError, match="must be integers; got dtype bool"):
+    model.apply(variables, tokens > 5)
+  # Whole-number floats (t5x initialises with float ones) are the same ids.
+  np.testing.assert_allclose(model.apply(variables, tokens.astype(np.float32)),
+                             run(model, params, tokens), rtol=1e-5, atol=1e-5)
+  # Under jit the ids cannot be checked: as the docstring says, an id out of
+  # range turns its row of logits into NaN; the other row is untouched.
+  wrong = tokens.copy()
+  wrong[1, 6] = 61
+  logits = np.asarray(run(model, params, wrong))
+  assert np.isnan(logits[1]).any() and np.isfinite(logits[0]).all()

@@ -21,7 +21,7 @@ from fam_jax.convert import gguf  # noqa: E402
 from fam_jax.evaluation import token_nll  # noqa: E402
 from fam_jax.generate import generate  # noqa: E402
 from fam_jax import streaming  # noqa: E402
-from fam_jax.tokenizer import load_tokenizer  # noqa: E402
+from fam_jax.text.loading import load_tokenizer  # noqa: E402
 from util import rel_err, run  # noqa: E402
 
 TOL = 1e-4  # issue #6: float32 relative error vs transformers
@@ -29,26 +29,17 @@ TEXT = os.path.join(os.path.dirname(__file__), "fixtures", "botchan_chapter1.txt
 
 
 @pytest.fixture(scope="module")
-def gguf_file():
-  try:
-    return gguf.packaged_gguf("smollm2")
-  except FileNotFoundError as e:
-    pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
-def reference(gguf_file):
+def reference(smollm2_gguf, hf_gguf):
   """transformers' tokenizer and float32 model, loaded from the same file."""
-  folder, name = os.path.split(gguf_file)
-  tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+  folder, name = os.path.split(smollm2_gguf)
   model = transformers.AutoModelForCausalLM.from_pretrained(
       folder, gguf_file=name, dtype=torch.float32)
-  return tokenizer, model.eval()
+  return hf_gguf, model.eval()
 
 
 @pytest.fixture(scope="module")
-def source(gguf_file):
-  return gguf.GgufCheckpoint(gguf_file)
+def source(smollm2_gguf):
+  return gguf.GgufCheckpoint(smollm2_gguf)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fam_jax import checkpoint, streaming
-from util import init_params, random_tokens, rel_err, run, tiny_config
+from util import (init_params, random_tokens, rel_err, run, tiny_config,
+                  tiny_setup)
 
 TOL = 1e-5
 
@@ -29,10 +30,10 @@ CASES = [
 def test_prefill_equals_training_path(attention, n, m, f, kv, length, residual):
   if residual == "initial" and attention != "fam":
     pytest.skip("first_fam_residual matters only for attention='fam'")
-  cfg = tiny_config(attention=attention, block_size=n, memory_segments=m,
-                    fam_length=f, num_kv_heads=kv, first_fam_residual=residual)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 3, length)
+  cfg, model, params, tokens = tiny_setup(3, length, attention=attention,
+                                          block_size=n, memory_segments=m,
+                                          fam_length=f, num_kv_heads=kv,
+                                          first_fam_residual=residual)
   expected = np.asarray(run(model, params, tokens))
   # Streams of different lengths in one batch: they fall out of block phase.
   lengths = np.array([length, length - 5, 7])
@@ -46,10 +47,9 @@ def test_prefill_equals_training_path(attention, n, m, f, kv, length, residual):
 
 @pytest.mark.parametrize("attention", ["full", "bswa", "fam"])
 def test_chunks_and_decode_steps_equal_one_prefill(attention):
-  cfg = tiny_config(attention=attention, block_size=4, memory_segments=1,
-                    fam_length=2)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 30)
+  cfg, model, params, tokens = tiny_setup(2, 30, attention=attention,
+                                          block_size=4, memory_segments=1,
+                                          fam_length=2)
   expected = np.asarray(run(model, params, tokens))
   state = streaming.init_state(params, cfg, 2, capacity=64)
   pieces = []
@@ -64,10 +64,8 @@ def test_chunks_and_decode_steps_equal_one_prefill(attention):
 
 
 def test_last_token_logits_and_inactive_streams():
-  cfg = tiny_config(attention="fam", block_size=4, memory_segments=1,
-                    fam_length=2)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 13)
+  cfg, model, params, tokens = tiny_setup(2, 13, attention="fam", block_size=4,
+                                          memory_segments=1, fam_length=2)
   expected = np.asarray(run(model, params, tokens))
   state = streaming.init_state(params, cfg, 2)
   last, state = streaming.prefill(params, cfg, state, tokens[:, :12],
@@ -85,10 +83,8 @@ def test_last_token_logits_and_inactive_streams():
 def test_passed_training_state_matches_stream_state():
   """The FAM a stream holds after whole blocks is the FAM the training path
   returns for the same tokens."""
-  cfg = tiny_config(attention="fam", block_size=4, memory_segments=2,
-                    fam_length=3)
-  model, params = init_params(cfg)
-  tokens = random_tokens(cfg, 2, 24)
+  cfg, model, params, tokens = tiny_setup(2, 24, attention="fam", block_size=4,
+                                          memory_segments=2, fam_length=3)
   _, fam = run(model, params, tokens, return_fam_state=True)
   state = streaming.init_state(params, cfg, 2)
   _, state = streaming.prefill(params, cfg, state, tokens)
@@ -117,15 +113,73 @@ def test_bad_inputs_are_refused():
     streaming.prefill(full_params, full, small, np.ones((1, 5), np.int32))
 
 
+def test_lengths_and_token_dtypes_are_checked():
+  cfg = tiny_config(attention="fam", block_size=4, fam_length=2)
+  _, params = init_params(cfg)
+  state = streaming.init_state(params, cfg, 2)
+  tokens = random_tokens(cfg, 2, 120)
+  with pytest.raises(ValueError, match=r"one length per stream, shape \(2,\); "
+                     r"got shape \(1,\)"):
+    streaming.prefill(params, cfg, state, tokens, lengths=[10])
+  with pytest.raises(ValueError, match=r"lengths must be integers; got \[50.7, "
+                     r"100.0\]"):
+    streaming.prefill(params, cfg, state, tokens, lengths=[50.7, 100])
+  with pytest.raises(ValueError, match="token ids must be integers; got dtype "
+                     "float32"):
+    streaming.prefill(params, cfg, state, tokens.astype(np.float32) + 0.5)
+  with pytest.raises(ValueError, match="token ids must be integers"):
+    streaming.decode_step(params, cfg, state, [1.5, 2.0])
+
+
 def test_saved_state_refuses_another_config(tmp_path):
   cfg = tiny_config(attention="fam", block_size=4, fam_length=2)
   _, params = init_params(cfg)
   state = streaming.init_state(params, cfg, 1)
-  streaming.save_state(str(tmp_path), state, cfg)
+  streaming.save_state(str(tmp_path), state, cfg, params=params)
   with pytest.raises(ValueError, match="memory_segments: saved 3, model 1"):
-    streaming.load_state(str(tmp_path), cfg.replace(memory_segments=1))
+    streaming.load_state(str(tmp_path), cfg.replace(memory_segments=1),
+                         params=params)
   with pytest.raises(FileNotFoundError, match="not a saved StreamState"):
-    streaming.load_state(str(tmp_path / "nothing"), cfg)
+    streaming.load_state(str(tmp_path / "nothing"), cfg, params=params)
+
+
+def test_saved_state_refuses_other_weights_and_an_existing_destination(tmp_path):
+  cfg = tiny_config(attention="fam", block_size=4, fam_length=2)
+  _, params = init_params(cfg)
+  _, other = init_params(cfg, seed=2)  # same config, other weights
+  state = streaming.init_state(params, cfg, 1, start_position=7)
+  streaming.save_state(str(tmp_path / "s"), state, cfg, params=params)
+  with pytest.raises(ValueError, match="saved with other weights"):
+    streaming.load_state(str(tmp_path / "s"), cfg, params=other)
+  resumed = streaming.load_state(str(tmp_path / "s"), cfg, params=params)
+  assert int(resumed.position[0]) == 7
+  # A second save is refused before anything is written, then replaced only
+  # with overwrite=True.
+  later = streaming.init_state(params, cfg, 1, start_position=9)
+  with pytest.raises(FileExistsError, match="already holds a saved stream state"):
+    streaming.save_state(str(tmp_path / "s"), later, cfg, params=params)
+  assert int(streaming.load_state(str(tmp_path / "s"), cfg,
+                                  params=params).position[0]) == 7
+  streaming.save_state(str(tmp_path / "s"), later, cfg, params=params,
+                       overwrite=True)
+  assert int(streaming.load_state(str(tmp_path / "s"), cfg,
+                                  params=params).position[0]) == 9
+  assert os.listdir(tmp_path) == ["s"]  # no temporary directory left
+
+
+@pytest.mark.parametrize("attention", ["full", "bswa", "fam"])
+def test_saved_state_of_every_kind_round_trips(tmp_path, attention):
+  """bswa and full states hold arrays of size 0 (no FAM; no ring for full),
+  which orbax alone refuses to save."""
+  cfg = tiny_config(attention=attention, block_size=4, fam_length=2)
+  _, params = init_params(cfg)
+  state = streaming.init_state(params, cfg, 2, capacity=16)
+  _, state = streaming.prefill(params, cfg, state, random_tokens(cfg, 2, 7))
+  streaming.save_state(str(tmp_path), state, cfg, params=params)
+  restored = streaming.load_state(str(tmp_path), cfg, params=params)
+  for name, value in state._asdict().items():
+    np.testing.assert_array_equal(getattr(restored, name), value, err_msg=name)
+    assert getattr(restored, name).dtype == value.dtype, name
 
 
 _RESUME = textwrap.dedent("""
@@ -133,7 +187,7 @@ _RESUME = textwrap.dedent("""
     import numpy as np
     from fam_jax import checkpoint, streaming
     params, cfg = checkpoint.load_checkpoint(sys.argv[1])
-    state = streaming.load_state(sys.argv[2], cfg)
+    state = streaming.load_state(sys.argv[2], cfg, params=params)
     tail = np.load(sys.argv[3])
     logits, _ = streaming.prefill(params, cfg, state, tail, return_all_logits=True)
     np.save(sys.argv[4], logits)
@@ -149,7 +203,7 @@ def test_stream_saved_after_100k_tokens_resumes_identically(tmp_path):
   tail = random_tokens(cfg, 1, 70, seed=8)
   state = streaming.init_state(params, cfg, 1)
   _, state = streaming.prefill(params, cfg, state, history)
-  streaming.save_state(str(tmp_path / "stream"), state, cfg)
+  streaming.save_state(str(tmp_path / "stream"), state, cfg, params=params)
   expected, _ = streaming.prefill(params, cfg, state, tail, return_all_logits=True)
   np.save(tmp_path / "tail.npy", tail)
   result = subprocess.run(

@@ -22,7 +22,7 @@ def test_run_writes_metrics_events_plot_and_an_export(tmp_path):
   hamlet = os.path.join(train_cli.TESTS, "fixtures", "hamlet_opening.txt")
   done = train_cli.run(
       model_dir, "TrainConfig.train_steps = 4", "TrainConfig.eval_every = 2",
-      "TrainConfig.eval_tasks = ['fam_test_text']", "TrainConfig.eval_batches = 2",
+      "TrainConfig.eval_tasks = ['test_text_hamlet']", "TrainConfig.eval_batches = 2",
       f"TrainConfig.perplexity_files = ['{hamlet}']",
       "TrainConfig.export_merged = True")
   assert done.returncode == 0, done.stderr[-3000:]
@@ -32,8 +32,8 @@ def test_run_writes_metrics_events_plot_and_an_export(tmp_path):
   assert [r["step"] for r in train] == [1, 2, 3, 4]
   assert [r["step"] for r in evals] == [0, 2, 4]
   for r in evals:
-    assert r["fam_test_text/perplexity"] == pytest.approx(
-        np.exp(r["fam_test_text/cross_entropy"]), rel=1e-6)
+    assert r["test_text_hamlet/perplexity"] == pytest.approx(
+        np.exp(r["test_text_hamlet/cross_entropy"]), rel=1e-6)
     assert r["hamlet_opening.txt/perplexity"] > 1
   for split in ("train", "eval"):
     assert any(f.startswith("events.out.tfevents")
@@ -88,13 +88,14 @@ def _tree_digest(directory):
     (["TrainConfig.mesh_fsdp = 3"],
      "fam-train: mesh fsdp=3 × tensor=1 does not divide the 1 devices"),
     (["TrainConfig.batch_size = 3", "TrainConfig.grad_accumulation_steps = 2"],
-     "fam-train: TrainConfig.grad_accumulation_steps must be a divisor of "
-     "batch_size=3; got 2"),
+     "fam-train: --gin_file/--gin: TrainConfig.grad_accumulation_steps must be "
+     "a divisor of batch_size=3; got 2"),
     (["FamConfig.vocab_size = 100"],
-     "fam-train: task 'fam_test_text' has a vocabulary of 259 ids but the model "
+     "fam-train: task 'test_text_hamlet' has a vocabulary of 259 ids but the model "
      "only 100"),
-    (["TrainConfig.no_such_field = 1"], "fam-train: Configurable "
-     "'TrainConfig' doesn't have a parameter named 'no_such_field'."),
+    (["TrainConfig.no_such_field = 1"], "fam-train: --gin_file/--gin: "
+     "Configurable 'TrainConfig' doesn't have a parameter named "
+     "'no_such_field'."),
     (["FamConfig.block_size = 0"],
      "fam-train: FamConfig.block_size must be a positive integer; got 0"),
 ])
@@ -111,7 +112,8 @@ def test_bad_requests_fail_in_one_line_and_write_nothing(tmp_path, bindings,
 def test_a_missing_gin_file_is_named(tmp_path):
   done = train_cli.run(str(tmp_path / "run"), extra=("--gin_file=nope.gin",))
   assert done.returncode == 2
-  assert done.stderr.startswith("fam-train: Unable to open file: nope.gin.")
+  assert done.stderr.startswith(
+      "fam-train: --gin_file/--gin: Unable to open file: nope.gin.")
   assert len(done.stderr.strip().splitlines()) == 1
 
 

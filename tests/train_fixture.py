@@ -1,4 +1,4 @@
-"""A small, fast LM task for trainer tests: `fam_test_text`, Hamlet's opening
+"""A small, fast LM task for trainer tests: `test_text_hamlet`, Hamlet's opening
 (tests/fixtures) in bytes, cut into rows. Import it in a fam-train process with
 --module_import=train_fixture (tests/ on PYTHONPATH), or in a test."""
 
@@ -10,7 +10,7 @@ import fam_jax.tasks  # noqa: F401  (the task helpers)
 from fam_jax.tasks import text
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-TASK = "fam_test_text"
+TASK = "test_text_hamlet"
 
 if TASK not in seqio.TaskRegistry.names():
   text.register_text_task(

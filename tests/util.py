@@ -51,6 +51,14 @@ def init_params(cfg: FamConfig, seed: int = 1):
   return model, jax.tree_util.tree_map_with_path(fill, shapes)
 
 
+def tiny_setup(batch: int, length: int, **overrides):
+  """(cfg, model, params, tokens): a tiny model (TINY with `overrides`), its
+  random weights and random tokens [batch, length]."""
+  cfg = tiny_config(**overrides)
+  model, params = init_params(cfg)
+  return cfg, model, params, random_tokens(cfg, batch, length)
+
+
 def rel_err(actual, expected, where=None) -> float:
   """max |actual - expected| / max |expected| over the selected entries."""
   actual = np.asarray(actual, np.float64)

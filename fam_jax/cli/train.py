@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import gin
 
 from fam_jax import gin_utils
+from fam_jax.cli import errors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,8 +53,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--process_id", type=int)
   p.add_argument("--multihost", action="store_true",
                  help="multi-process, with the cluster found by JAX")
-  p.add_argument("--debug", action="store_true",
-                 help="show tracebacks of errors in the request")
+  errors.add_debug_flag(p)
   return p
 
 
@@ -99,27 +99,23 @@ def _configure(args, bindings):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = sys.argv[1:] if argv is None else list(argv)
+  return errors.run_main("fam-train", _main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
   rest, bindings = split_gin_flags(argv)
   args = _parser().parse_args(rest)
   logging.basicConfig(level=logging.WARNING,
                       format="fam-train: %(levelname)s %(message)s")
   from fam_jax.train import data, loop  # pylint: disable=g-import-not-at-top
-  try:
-    _initialize_distributed(args)
-    _compilation_cache(args)
-    try:
-      train_cfg, gin_text = _configure(args, bindings)
-    except (ValueError, ImportError, OSError) as e:  # gin files, bindings, configs
-      raise loop.RunError(str(e)) from e
+  _initialize_distributed(args)
+  _compilation_cache(args)
+  with errors.user_errors(ValueError, ImportError, OSError,
+                          context="--gin_file/--gin"):
+    train_cfg, gin_text = _configure(args, bindings)
+  with errors.user_errors(loop.RunError, data.DataError, FileNotFoundError):
     summary = loop.train(args.model_dir, train_cfg, gin_text=gin_text,
                          progress=not args.no_progress)
-  except (loop.RunError, data.DataError, FileNotFoundError) as e:
-    if args.debug:
-      raise
-    lines = str(e).strip().splitlines() or [type(e).__name__]
-    print(f"fam-train: {lines[0]}", file=sys.stderr)
-    return 2
   if summary["stopped_by"]:
     return 0
   print(f"fam-train: step {summary['step']} done in {summary['seconds']:.0f} s, "

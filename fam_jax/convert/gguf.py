@@ -26,6 +26,7 @@ import numpy as np
 
 from fam_jax.config import FamConfig
 from fam_jax.convert.mapping import ConversionError, config_from_hf, convert_params
+from fam_jax.text.bpe import BpeTokenizer
 
 ARCHITECTURES = ("llama",)
 
@@ -82,11 +83,27 @@ def resolve(path_or_name: str) -> str:
 
 def _reader(path: str):
   import gguf  # pylint: disable=g-import-not-at-top
+
+  class CheckedReader(gguf.GGUFReader):
+    """Says "truncated" where the reader would read past the end of the file
+    (which it otherwise reports as a failed reshape)."""
+
+    def _get(self, offset, dtype, count=1, *args, **kwargs):
+      end = int(offset) + np.dtype(dtype).itemsize * int(count)
+      if end > len(self.data):
+        raise ConversionError(f"{path} is truncated: {len(self.data):,} bytes, "
+                              f"its contents need at least {end:,}")
+      return super()._get(offset, dtype, count, *args, **kwargs)
+
+  if os.path.isfile(path) and os.path.getsize(path) == 0:
+    raise ConversionError(f"{path}: an empty file, not a GGUF file")
   try:
-    return gguf.GGUFReader(path)
+    return CheckedReader(path)
   except FileNotFoundError:
     raise ConversionError(f"{path}: no such GGUF file") from None
-  except (ValueError, OSError) as e:
+  except (ValueError, KeyError, OSError) as e:
+    if isinstance(e, ConversionError):
+      raise
     raise ConversionError(f"{path}: not a readable GGUF file ({e})") from None
 
 
@@ -196,10 +213,8 @@ class GgufCheckpoint:
       w = _unpermute(w, self.config["num_key_value_heads"])
     return w
 
-
-  def tokenizer(self):
-    """The file's tokenizer and chat template (`bpe_tokenizer.BpeTokenizer`)."""
-    from fam_jax.bpe_tokenizer import BpeTokenizer  # pylint: disable=g-import-not-at-top
+  def tokenizer(self) -> BpeTokenizer:
+    """The file's tokenizer and chat template."""
     return BpeTokenizer.from_gguf_metadata(self.metadata)
 
 

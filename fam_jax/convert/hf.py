@@ -19,6 +19,7 @@ import numpy as np
 
 from fam_jax.config import FamConfig
 from fam_jax.convert.mapping import ConversionError, config_from_hf, convert_params
+from fam_jax.jsonfile import read_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -29,8 +30,11 @@ def load_hf_config(directory: str) -> dict[str, Any]:
   if not os.path.exists(path):
     raise ConversionError(f"{path} not found: not a Hugging Face checkpoint "
                           "directory")
-  with open(path) as f:
-    return json.load(f)
+  config = read_json(path, ConversionError)
+  if not isinstance(config, dict):
+    raise ConversionError(f"{path}: expected a JSON object")
+  return config
+
 
 
 # safetensors dtype names -> NumPy dtypes (ml_dtypes supplies bfloat16 / float8).
@@ -47,14 +51,34 @@ def _read_header(path: str) -> tuple[dict[str, Any], int]:
   The format: an 8-byte little-endian header length, a JSON header
   {name: {dtype, shape, data_offsets: [begin, end]}}, then the raw data.
   """
+  file_size = os.path.getsize(path)
   with open(path, "rb") as f:
     size = int.from_bytes(f.read(8), "little")
+    if file_size < 8 or 8 + size > file_size:
+      raise ConversionError(f"{path} is truncated or not a safetensors file: "
+                            f"{file_size:,} bytes, its header needs {8 + size:,}")
     try:
       header = json.loads(f.read(size))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise ConversionError(f"{path}: not a safetensors file ({e})") from None
+  if not isinstance(header, dict):
+    raise ConversionError(f"{path}: not a safetensors file (its header is not "
+                          "a JSON object)")
   header.pop("__metadata__", None)
+  end = max((_data_end(path, name, entry) for name, entry in header.items()),
+            default=0)
+  if 8 + size + end > file_size:
+    raise ConversionError(f"{path} is truncated: {file_size:,} bytes, its "
+                          f"tensors need {8 + size + end:,}")
   return header, 8 + size
+
+
+def _data_end(path: str, name: str, entry: Any) -> int:
+  try:
+    return int(entry["data_offsets"][1])
+  except (TypeError, KeyError, IndexError, ValueError):
+    raise ConversionError(f"{path}: tensor {name!r} has no valid data_offsets "
+                          "(not a safetensors file?)") from None
 
 
 class SafetensorsCheckpoint:
@@ -67,8 +91,11 @@ class SafetensorsCheckpoint:
     index = os.path.join(directory, INDEX_FILE)
     single = os.path.join(directory, SINGLE_FILE)
     if os.path.exists(index):
-      with open(index) as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
+      data = read_json(index, ConversionError)
+      weight_map = data.get("weight_map") if isinstance(data, dict) else None
+      if not isinstance(weight_map, dict):
+        raise ConversionError(f"{index} has no 'weight_map' object")
+      files = sorted(set(weight_map.values()))
       paths = [os.path.join(directory, name) for name in files]
     elif os.path.exists(single):
       paths = [single]

@@ -1,20 +1,22 @@
 """Hugging Face Llama/Gemma tensors and config -> FamLM parameters and FamConfig.
 
 This is the one table of the conversion; the safetensors and GGUF readers only
-supply tensors under their Hugging Face names (`TensorSource`).
+supply tensors under their Hugging Face names (`TensorSource`). The result is a
+`weights.ModelWeights` (layers stacked), written out as FamLM params by its
+`to_params`:
 
-    model.embed_tokens.weight                    [V, D]    token_embedder/embedding
-    model.layers.{i}.input_layernorm.weight      [D]       pre_attention_norm/scale
-    model.layers.{i}.self_attn.q_proj.weight     [H·E, D]  attention/q/kernel [D, H, E]
-    model.layers.{i}.self_attn.k_proj.weight     [K·E, D]  attention/k/kernel [D, K, E]
-    model.layers.{i}.self_attn.v_proj.weight     [K·E, D]  attention/v/kernel [D, K, E]
-    model.layers.{i}.self_attn.o_proj.weight     [D, H·E]  attention/o/kernel [H, E, D]
-    model.layers.{i}.post_attention_layernorm.weight [D]   pre_mlp_norm/scale
-    model.layers.{i}.mlp.gate_proj.weight        [M, D]    mlp/gate/kernel [D, M]
-    model.layers.{i}.mlp.up_proj.weight          [M, D]    mlp/up/kernel [D, M]
-    model.layers.{i}.mlp.down_proj.weight        [D, M]    mlp/down/kernel [M, D]
-    model.norm.weight                            [D]       final_norm/scale
-    lm_head.weight                               [V, D]    lm_head/kernel [D, V] (untied)
+    model.embed_tokens.weight                    [V, D]    embedding
+    model.layers.{i}.input_layernorm.weight      [D]       layers.attn_norm.scale
+    model.layers.{i}.self_attn.q_proj.weight     [H·E, D]  layers.q.kernel [D, H, E]
+    model.layers.{i}.self_attn.k_proj.weight     [K·E, D]  layers.k.kernel [D, K, E]
+    model.layers.{i}.self_attn.v_proj.weight     [K·E, D]  layers.v.kernel [D, K, E]
+    model.layers.{i}.self_attn.o_proj.weight     [D, H·E]  layers.o.kernel [H, E, D]
+    model.layers.{i}.post_attention_layernorm.weight [D]   layers.mlp_norm.scale
+    model.layers.{i}.mlp.gate_proj.weight        [M, D]    layers.gate.kernel [D, M]
+    model.layers.{i}.mlp.up_proj.weight          [M, D]    layers.up.kernel [D, M]
+    model.layers.{i}.mlp.down_proj.weight        [D, M]    layers.down.kernel [M, D]
+    model.norm.weight                            [D]       final_norm.scale
+    lm_head.weight                               [V, D]    lm_head [D, V] (untied)
 
 A Hugging Face linear weight is [out, in]; ours is [in axes..., out axes...], so
 every kernel is `weight.T.reshape(ours)`. Both families use rotate-half RoPE, as
@@ -33,27 +35,26 @@ import numpy as np
 from flax import traverse_util
 
 from fam_jax.config import FamConfig
+from fam_jax.layers import Norm, Projection
 from fam_jax.model import FamLM
+from fam_jax.weights import LayerWeights, ModelWeights
 
 FAMILIES = ("llama", "gemma")
 FAM_INITS = ("bos", "vocab", "random")
 
-# FamLM layer parameter (group, name) -> Hugging Face tensor name in a layer.
-_LAYER_TENSORS = {
-    ("pre_attention_norm", "scale"): "input_layernorm.weight",
-    ("attention", "q", "kernel"): "self_attn.q_proj.weight",
-    ("attention", "k", "kernel"): "self_attn.k_proj.weight",
-    ("attention", "v", "kernel"): "self_attn.v_proj.weight",
-    ("attention", "o", "kernel"): "self_attn.o_proj.weight",
-    ("pre_mlp_norm", "scale"): "post_attention_layernorm.weight",
-    ("mlp", "gate", "kernel"): "mlp.gate_proj.weight",
-    ("mlp", "up", "kernel"): "mlp.up_proj.weight",
-    ("mlp", "down", "kernel"): "mlp.down_proj.weight",
-}
-_TOP_TENSORS = {
-    ("token_embedder", "embedding"): "embed_tokens.weight",
-    ("final_norm", "scale"): "norm.weight",
-}
+# The Hugging Face tensor of each layer weight, laid out as the weights are.
+_LAYER_TENSORS = LayerWeights(
+    attn_norm=Norm("input_layernorm.weight"),
+    q=Projection("self_attn.q_proj.weight"),
+    k=Projection("self_attn.k_proj.weight"),
+    v=Projection("self_attn.v_proj.weight"),
+    o=Projection("self_attn.o_proj.weight"),
+    mlp_norm=Norm("post_attention_layernorm.weight"),
+    gate=Projection("mlp.gate_proj.weight"),
+    up=Projection("mlp.up_proj.weight"),
+    down=Projection("mlp.down_proj.weight"))
+_EMBEDDING = "embed_tokens.weight"  # after the prefix, see _prefix
+_FINAL_NORM = "norm.weight"
 _LM_HEAD = "lm_head.weight"
 
 
@@ -118,16 +119,16 @@ def config_from_hf(hf: Mapping[str, Any], **fam_fields) -> FamConfig:
   if act not in want_act:
     raise ConversionError(f"{family} with hidden_act={act!r} is not supported "
                           f"(expected one of {want_act})")
-  d_model = int(hf["hidden_size"])
-  heads = int(hf["num_attention_heads"])
+  d_model = _required_int(hf, "hidden_size")
+  heads = _required_int(hf, "num_attention_heads")
   fields = dict(
-      vocab_size=int(hf["vocab_size"]),
-      num_layers=int(hf["num_hidden_layers"]),
+      vocab_size=_required_int(hf, "vocab_size"),
+      num_layers=_required_int(hf, "num_hidden_layers"),
       d_model=d_model,
       num_heads=heads,
       num_kv_heads=int(_get(hf, "num_key_value_heads", default=heads)),
       head_dim=int(_get(hf, "head_dim", default=d_model // heads)),
-      mlp_dim=int(hf["intermediate_size"]),
+      mlp_dim=_required_int(hf, "intermediate_size"),
       activation="swiglu" if family == "llama" else "geglu",
       norm="rmsnorm",
       norm_eps=float(_get(hf, "rms_norm_eps", default=1e-6)),
@@ -141,6 +142,18 @@ def config_from_hf(hf: Mapping[str, Any], **fam_fields) -> FamConfig:
     raise ConversionError("convert with lora_rank=0: adapters are added when "
                           "fine-tuning starts")
   return FamConfig(**{**fields, **fam_fields})
+
+
+def _required_int(hf: Mapping[str, Any], name: str) -> int:
+  """config.json's integer `name` (576 or 576.0), or a ConversionError."""
+  if name not in hf:
+    raise ConversionError(f"config.json has no {name!r}")
+  value = hf[name]
+  if isinstance(value, bool) or not (
+      isinstance(value, int) or isinstance(value, float) and value.is_integer()):
+    raise ConversionError(f"config.json: {name!r} must be an integer; got "
+                          f"{value!r}")
+  return int(value)
 
 
 def init_summarization(embedding: np.ndarray, fam_length: int, method: str,
@@ -184,7 +197,7 @@ def init_summarization(embedding: np.ndarray, fam_length: int, method: str,
 def _prefix(source: TensorSource) -> str:
   """'model.' for *ForCausalLM checkpoints, '' for bare *Model ones."""
   for prefix in ("model.", ""):
-    if source.shape(prefix + _TOP_TENSORS[("token_embedder", "embedding")]):
+    if source.shape(prefix + _EMBEDDING):
       return prefix
   raise ConversionError("the checkpoint has no tensor 'model.embed_tokens.weight' "
                         "(nor 'embed_tokens.weight'): not a Llama/Gemma decoder")
@@ -207,18 +220,19 @@ def _read_as(source: TensorSource, name: str, hf_shape: tuple[int, ...],
   return np.array(x.T if transpose else x, dtype).reshape(shape)
 
 
-def _hf_shape(shape: tuple[int, ...], is_kernel: bool, num_in_axes: int):
-  """[in..., out...] -> the [out, in] of a Hugging Face linear weight."""
-  if not is_kernel:
+def _hf_shape(shape: tuple[int, ...], num_in_axes: Optional[int]):
+  """[in..., out...] -> the [out, in] of a Hugging Face linear weight (a norm
+  scale, num_in_axes None, keeps its shape)."""
+  if num_in_axes is None:
     return shape
   return (int(np.prod(shape[num_in_axes:])), int(np.prod(shape[:num_in_axes])))
 
 
-def _why(cfg: FamConfig, key: tuple[str, ...]) -> str:
+def _why(cfg: FamConfig, what: str) -> str:
   dims = (f"hidden_size={cfg.d_model}, num_attention_heads={cfg.num_heads}, "
           f"num_key_value_heads={cfg.num_kv_heads}, head_dim={cfg.head_dim}, "
           f"intermediate_size={cfg.mlp_dim}, vocab_size={cfg.vocab_size}")
-  return f"FamLM parameter {'/'.join(key)}; config: {dims}"
+  return f"FamLM weight {what}; config: {dims}"
 
 
 def convert_params(source: TensorSource, cfg: FamConfig, *, fam_init: str = "bos",
@@ -226,59 +240,77 @@ def convert_params(source: TensorSource, cfg: FamConfig, *, fam_init: str = "bos
                    bos_token_id: Optional[int] = None) -> dict[str, Any]:
   """FamLM `params` (JAX arrays of cfg.param_dtype) from a checkpoint's tensors.
 
-  Every parameter is checked against the shape `cfg` implies before it is read,
+  Every weight is checked against the shape `cfg` implies before it is read,
   and written straight into its place in the stacked [L, ...] arrays, so peak
-  memory is one copy of the model plus one tensor.
+  memory is one copy of the model plus one tensor (scanned layers; unscanned
+  ones are cut out of the stacked arrays and free them only at the end).
   """
   if cfg.lora_rank:
     raise ConversionError("convert with lora_rank=0: adapters are added when "
                           "fine-tuning starts")
-  target = jax.eval_shape(FamLM(cfg).init, jax.random.PRNGKey(0),
-                          jnp.zeros((1, 1), jnp.int32))["params"]
-  target = traverse_util.flatten_dict(target)
-  dtype = cfg.weights_dtype
-  prefix = _prefix(source)
-  out = {}
-  for key, leaf in target.items():
-    if key == ("summarization_embeddings",):
-      continue  # after the embedding, below
-    group = key[0]
-    if group == "layers" or group.startswith("layers_"):
-      layer_key = key[1:]
-      layers = (range(cfg.num_layers) if group == "layers"
-                else [int(group.split("_")[1])])
-      shape = leaf.shape[1:] if group == "layers" else leaf.shape
-      num_in = 2 if layer_key[:2] == ("attention", "o") else 1
-      is_kernel = layer_key[-1] == "kernel"
-      hf_shape = _hf_shape(shape, is_kernel, num_in)
-      value = np.empty(leaf.shape, dtype)
-      for i in layers:
-        name = f"{prefix}layers.{i}.{_LAYER_TENSORS[layer_key]}"
-        part = _read_as(source, name, hf_shape, shape, dtype, _why(cfg, key),
-                        transpose=is_kernel)
-        if group == "layers":
-          value[i] = part
-        else:
-          value = part
-      out[key] = value
-    elif key in _TOP_TENSORS:
-      name = prefix + _TOP_TENSORS[key]
-      out[key] = _read_as(source, name, leaf.shape, leaf.shape, dtype,
-                          _why(cfg, key), transpose=False)
-    elif key == ("lm_head", "kernel"):
-      out[key] = _read_as(source, _LM_HEAD, leaf.shape[::-1], leaf.shape, dtype,
-                          _why(cfg, key) + "; the config has "
-                          "tie_word_embeddings=False", transpose=True)
-    else:
-      raise ConversionError(f"no Hugging Face tensor maps to FamLM parameter "
-                            f"{'/'.join(key)}")
-  if cfg.num_fam_tokens:
-    out[("summarization_embeddings",)] = init_summarization(
-        out[("token_embedder", "embedding")], cfg.num_fam_tokens, fam_init,
-        seed, bos_token_id).astype(dtype)
+  params = traverse_util.flatten_dict(
+      _read_weights(source, cfg, fam_init, seed, bos_token_id).to_params())
   # Hand over to JAX one leaf at a time, dropping each NumPy copy: orbax saves
   # device arrays with about one model size less peak memory than NumPy arrays
   # (fam-convert of a 594 MiB Llama: peak RSS 1.36 GiB instead of 1.94 GiB).
-  for key in out:
-    out[key] = jax.device_put(out[key])
-  return traverse_util.unflatten_dict(out)
+  for key in params:
+    params[key] = jax.device_put(params[key])
+  return traverse_util.unflatten_dict(params)
+
+
+def _read_weights(source: TensorSource, cfg: FamConfig, fam_init: str,
+                  seed: int, bos_token_id: Optional[int]) -> ModelWeights:
+  """Every weight of the FamLM of `cfg` as a NumPy array, layers stacked."""
+  target = jax.eval_shape(lambda: ModelWeights.from_params(
+      FamLM(cfg).init(jax.random.PRNGKey(0),
+                      jnp.zeros((1, 1), jnp.int32))["params"], cfg))
+  dtype = cfg.weights_dtype
+  prefix = _prefix(source)
+
+  def tensor(name, shape, what, num_in_axes=None, why=""):
+    """Tensor `name` laid out as `shape` (transposed if a linear weight)."""
+    return _read_as(source, name, _hf_shape(shape, num_in_axes), shape, dtype,
+                    _why(cfg, what) + why, transpose=num_in_axes is not None)
+
+  def stacked(name, shape, what, num_in_axes=None):
+    value = np.empty(shape, dtype)
+    for i in range(cfg.num_layers):
+      value[i] = tensor(f"{prefix}layers.{i}.{name}", shape[1:], what,
+                        num_in_axes)
+    return value
+
+  def norm(table: Norm, like: Norm, what: str, read=stacked) -> Norm:
+    if like.bias is not None:
+      raise ConversionError(f"FamLM weight {what} has a bias (norm="
+                            f"{cfg.norm!r}); Llama/Gemma norms have none")
+    return Norm(read(table.scale, like.scale.shape, what))
+
+  def projection(table: Projection, like: Projection, what: str) -> Projection:
+    return Projection(stacked(table.kernel, like.kernel.shape, what,
+                              like.num_in_axes), num_in_axes=like.num_in_axes)
+
+  layers = target.layers
+  embedding = tensor(prefix + _EMBEDDING, target.embedding.shape,
+                     "token embedding")
+  weights = ModelWeights(
+      embedding=embedding,
+      final_norm=norm(Norm(prefix + _FINAL_NORM), target.final_norm,
+                      "final norm", read=tensor),
+      layers=LayerWeights(
+          attn_norm=norm(_LAYER_TENSORS.attn_norm, layers.attn_norm,
+                         "layers.attn_norm"),
+          mlp_norm=norm(_LAYER_TENSORS.mlp_norm, layers.mlp_norm,
+                        "layers.mlp_norm"),
+          **{name: projection(getattr(_LAYER_TENSORS, name), p,
+                              f"layers.{name}")
+             for name, p in layers.projections().items()}),
+      num_layers=cfg.num_layers, scanned=cfg.scan_layers)
+  if target.lm_head is not None:
+    weights = weights.replace(lm_head=tensor(
+        _LM_HEAD, target.lm_head.shape, "output projection", num_in_axes=1,
+        why="; the config has tie_word_embeddings=False"))
+  if target.summarization_embeddings is not None:
+    weights = weights.replace(summarization_embeddings=init_summarization(
+        embedding, cfg.num_fam_tokens, fam_init, seed,
+        bos_token_id).astype(dtype))
+  return weights

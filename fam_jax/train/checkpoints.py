@@ -24,7 +24,11 @@ from typing import Any, Optional
 
 import orbax.checkpoint as ocp
 
-CHECKPOINTS_DIR = "checkpoints"
+from fam_jax import checkpoint
+
+CHECKPOINTS_DIR = checkpoint.RUN_CHECKPOINTS_DIR
+# The TrainState's item name: checkpoint.load_checkpoint reads its params.
+STATE_ITEM = checkpoint.RUN_STATE_DIR
 
 
 class RunCheckpoints:
@@ -37,23 +41,20 @@ class RunCheckpoints:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save),
-        item_names=("state", "meta"))
-
-  def latest_step(self) -> Optional[int]:
-    return self._manager.latest_step()
+        item_names=(STATE_ITEM, "meta"))
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Starts writing `state` as checkpoint `step` (returns before it is done)."""
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                       force=True)
+        **{STATE_ITEM: ocp.args.StandardSave(state)},
+        meta=ocp.args.JsonSave(meta)), force=True)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """(state laid out as `abstract_state`'s shardings, meta) of checkpoint step."""
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
+        **{STATE_ITEM: ocp.args.StandardRestore(abstract_state)},
         meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    return restored[STATE_ITEM], restored["meta"]
 
   def wait(self) -> None:
     """Blocks until every started save is on disk."""
@@ -64,13 +65,5 @@ class RunCheckpoints:
 
 
 def latest_step(model_dir: str) -> Optional[int]:
-  """The newest complete checkpoint of a run, read without creating anything.
-
-  orbax gives a step its final name (the step number) only once it is complete;
-  a write cut short leaves a temporary name, which this ignores.
-  """
-  directory = os.path.join(os.path.abspath(model_dir), CHECKPOINTS_DIR)
-  if not os.path.isdir(directory):
-    return None
-  steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
-  return max(steps) if steps else None
+  """The newest complete checkpoint of a run, found without creating anything."""
+  return checkpoint.newest_run_step(model_dir)

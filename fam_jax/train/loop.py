@@ -22,13 +22,15 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from fam_jax import checkpoint, lora, sharding
+from fam_jax import atomic, checkpoint, gin_utils, lora, sharding
 from fam_jax.config import FamConfig
 from fam_jax.train import data, evaluate, init, observe
 from fam_jax.train import checkpoints as checkpoints_lib
 from fam_jax.train.checkpoints import RunCheckpoints
 from fam_jax.train.config import TrainConfig
 from fam_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from fam_jax.text.loading import load_tokenizer
+from fam_jax.text.tokenizer import ByteTokenizer
 from fam_jax.train.step import make_eval_step, make_train_step
 
 GIN_FILE = "train_config.gin"
@@ -74,13 +76,18 @@ def _check_divisible(train_cfg: TrainConfig, mesh) -> None:
   data.rows_per_process(train_cfg.batch_size)
 
 
-def _write_run_files(model_dir: str, cfg: FamConfig, gin_text: str) -> None:
+def _write_run_files(model_dir: str, cfg: FamConfig, gin_text: str,
+                     tokenizer) -> None:
+  """The config (and tokenizer) beside the checkpoints: checkpoint.load_checkpoint
+  and fam-generate read a run directory as a checkpoint."""
   os.makedirs(model_dir, exist_ok=True)
   checkpoint.save_config(model_dir, cfg)
   tmp = os.path.join(model_dir, GIN_FILE + ".tmp")
   with open(tmp, "w") as f:
     f.write(gin_text)
   os.replace(tmp, os.path.join(model_dir, GIN_FILE))
+  if tokenizer is not None:
+    tokenizer.save(model_dir)
 
 
 class _Interrupt:
@@ -103,28 +110,34 @@ class _Interrupt:
       signal.signal(sig, handler)
 
 
-def export(model_dir: str, params, cfg: FamConfig, train_cfg: TrainConfig) -> str:
-  """Writes <model_dir>/export: a fam-jax checkpoint, LoRA merged, with the
-  starting point's tokenizer; fam-generate --checkpoint reads it."""
+def export(model_dir: str, params, cfg: FamConfig) -> str:
+  """Writes <model_dir>/export in one step (atomic.writing): a fam-jax checkpoint
+  with LoRA merged, the run's tokenizer and model.gin, as fam-convert writes.
+  fam-generate --checkpoint reads it; a later export replaces it."""
   params = jax.device_get(params)
   if cfg.lora_rank:
     params, cfg = lora.merge_lora(params, cfg)
   directory = os.path.join(model_dir, EXPORT_DIR)
-  checkpoint.save_checkpoint(directory, params, cfg)
-  tokenizer = _starting_tokenizer(train_cfg)
-  if tokenizer is not None:
-    tokenizer.save(directory)
+  tokenizer = load_tokenizer(model_dir)
+  with atomic.writing(directory, overwrite=True, marker=checkpoint.CONFIG_FILE,
+                      kind="a fam-jax checkpoint") as tmp:
+    checkpoint.write_checkpoint(tmp, params, cfg)
+    with open(os.path.join(tmp, gin_utils.MODEL_GIN_FILE), "w") as f:
+      f.write(gin_utils.config_to_gin(cfg, header=f"Exported by fam-train from "
+                                      f"{model_dir}"))
+    if not isinstance(tokenizer, ByteTokenizer):
+      tokenizer.save(tmp)
   return directory
 
 
 def _starting_tokenizer(train_cfg: TrainConfig):
+  """The tokenizer of the starting checkpoint, if it has one besides bytes."""
   source = train_cfg.init_checkpoint
   if source is None:
     return None
   if source.startswith(init.GGUF_PREFIX):
     from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
     return gguf.GgufCheckpoint(source[len(init.GGUF_PREFIX):]).tokenizer()
-  from fam_jax.tokenizer import ByteTokenizer, load_tokenizer  # pylint: disable=g-import-not-at-top
   tokenizer = load_tokenizer(source)
   return None if isinstance(tokenizer, ByteTokenizer) else tokenizer
 
@@ -188,7 +201,7 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
                                   layout, train_cfg.seed)
     state = init.initial_state(params, cfg, train_cfg, optimizer, layout)
     if main_process:
-      _write_run_files(model_dir, cfg, gin_text)
+      _write_run_files(model_dir, cfg, gin_text, _starting_tokenizer(train_cfg))
   log = observe.MetricsLog(model_dir, latest, enabled=main_process)
 
   mask = init.trainable_mask(layout.abstract_state.params, train_cfg, cfg)
@@ -274,7 +287,7 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
   checkpoints.close()
   if step == train_cfg.train_steps and stopped_by is None:
     if train_cfg.export_merged and main_process:
-      bar.message(f"exported {export(model_dir, state.params, cfg, train_cfg)}")
+      bar.message(f"exported {export(model_dir, state.params, cfg)}")
     if main_process:
       observe.plot_loss(model_dir)
   log.close()

@@ -1,0 +1,141 @@
+"""How much memory a streaming request needs, known before anything is allocated.
+
+    need = stream_memory(cfg, batch_size=1, capacity=8192)
+    check_fits(need, cfg)     # raises MemoryTooSmall naming the flag to change
+
+For `attention='full'` the stream is one KV cache of `capacity` tokens, and each
+prefill chunk of c tokens computes float32 attention scores [B, H, c, capacity]
+in every layer: both grow with the capacity, the scores quadratically in
+practice (c = min(capacity, 512)). For bswa/fam everything is bounded by the
+block size N and the m memory segments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fam_jax.config import FamConfig
+from fam_jax.model import FamLM
+
+GIB = 2**30
+FULL_CHUNK = 512  # streaming.prefill's default chunk for attention='full'
+
+
+class MemoryTooSmall(MemoryError):
+  """A request that would not fit; the message gives the estimate and the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamMemory:
+  """Bytes a streaming request holds at its peak.
+
+  Attributes:
+    weights: the parameters.
+    state: the StreamState (FAM, ring buffer, current block or KV cache).
+    activations: the largest step's temporaries: per layer, float32 scores,
+      masked scores and probabilities [B, H, c, S] for c queries and S keys,
+      their mask, the keys and values gathered for them, the projections and
+      feed-forward activations of the c tokens, and the new state (XLA fuses
+      some of these; tests/test_memory.py compares the sum with XLA's own
+      analysis: 1.0-1.5x).
+  """
+
+  weights: int
+  state: int
+  activations: int
+
+  @property
+  def total(self) -> int:
+    return self.weights + self.state + self.activations
+
+  def describe(self) -> str:
+    return (f"about {self.total / GIB:,.1f} GiB (KV cache and FAM "
+            f"{self.state / GIB:,.1f} GiB, attention activations "
+            f"{self.activations / GIB:,.1f} GiB, weights "
+            f"{self.weights / GIB:,.1f} GiB)")
+
+
+def stream_memory(cfg: FamConfig, *, batch_size: int = 1,
+                  capacity: Optional[int] = None,
+                  chunk: Optional[int] = None) -> StreamMemory:
+  """The memory of streaming with `cfg` (see StreamMemory).
+
+  Args:
+    cfg: the model config.
+    batch_size: streams.
+    capacity: attention='full': the KV cache size in tokens.
+    chunk: tokens per step (default: streaming.prefill's, N or 512).
+  """
+  if cfg.is_blockwise:
+    n, m = cfg.block_size, cfg.memory_segments
+  elif not capacity or capacity < 1:
+    raise ValueError("attention='full' streams into a KV cache: pass "
+                     f"capacity=<max tokens>; got {capacity!r}")
+  else:
+    n, m = capacity, 0
+  chunk = chunk or (n if cfg.is_blockwise else min(n, FULL_CHUNK))
+  f, b, layers = cfg.num_fam_tokens, batch_size, cfg.num_layers
+  act = cfg.compute_dtype.itemsize
+  kv_token = 2 * cfg.num_kv_heads * cfg.head_dim  # keys + values of a token
+  counters = b * (3 * 4 + 1)  # position, fill, blocks_done; fam_fresh
+  state = layers * b * (f * cfg.d_model + (f + m * n + n) * kv_token) * act
+  state += counters
+  keys = m * n + f + n
+  scores = 3 * b * cfg.num_heads * chunk * keys * 4
+  mask = b * chunk * keys
+  gathered = b * keys * kv_token * act
+  projections = b * chunk * (2 * cfg.d_model + (cfg.num_heads + 2 *
+                                                cfg.num_kv_heads) * cfg.head_dim) * act
+  mlp = 3 * b * chunk * cfg.mlp_dim * act
+  shapes = jax.eval_shape(FamLM(cfg).init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 1), jnp.int32))["params"]
+  weights = sum(int(np.prod(x.shape)) * x.dtype.itemsize
+                for x in jax.tree_util.tree_leaves(shapes))
+  # The step writes the new state beside the old one before the old is freed.
+  return StreamMemory(weights=weights, state=state,
+                      activations=(scores + mask + gathered + projections + mlp
+                                   + state))
+
+
+def available_memory() -> Optional[int]:
+  """Bytes free for a new request: the accelerator's free memory, or on CPU
+  the host's MemAvailable; None where neither is known."""
+  device = jax.devices()[0]
+  if device.platform != "cpu":
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+      return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return None
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def check_fits(need: StreamMemory, cfg: FamConfig, *,
+               capacity: Optional[int] = None,
+               available: Optional[int] = None) -> None:
+  """Raises MemoryTooSmall if `need` exceeds the available memory (measured
+  when not given), naming the flags that change it."""
+  available = available_memory() if available is None else available
+  if available is None or need.total <= available:
+    return
+  if cfg.is_blockwise:
+    request = (f"attention={cfg.attention!r} with --block-size "
+               f"{cfg.block_size} and --memory-segments {cfg.memory_segments}")
+    change = "lower --block-size or --memory-segments"
+  else:
+    request = f"--capacity {capacity} (attention='full')"
+    change = ("lower --capacity (the most tokens a full-attention stream "
+              "holds), or use --attention bswa/fam")
+  raise MemoryTooSmall(f"{request} needs {need.describe()} but "
+                       f"{available / GIB:,.1f} GiB are available; {change}")
