@@ -24,6 +24,8 @@ def test_run_writes_metrics_events_plot_and_an_export(tmp_path):
       model_dir, "TrainConfig.train_steps = 4", "TrainConfig.eval_every = 2",
       "TrainConfig.eval_tasks = ['test_text_hamlet']", "TrainConfig.eval_batches = 2",
       f"TrainConfig.perplexity_files = ['{hamlet}']",
+      "TrainConfig.decode_tasks = ['fam_passkey_1k']",
+      "TrainConfig.decode_examples = 3", "TrainConfig.decode_max_new_tokens = 4",
       "TrainConfig.export_merged = True")
   assert done.returncode == 0, done.stderr[-3000:]
   records = observe.read_metrics(model_dir)
@@ -35,6 +37,9 @@ def test_run_writes_metrics_events_plot_and_an_export(tmp_path):
     assert r["test_text_hamlet/perplexity"] == pytest.approx(
         np.exp(r["test_text_hamlet/cross_entropy"]), rel=1e-6)
     assert r["hamlet_opening.txt/perplexity"] > 1
+    # Greedy decoding through the streaming path, scored by the task's metric.
+    assert r["fam_passkey_1k/examples"] == 3
+    assert 0 <= r["fam_passkey_1k/passkey_accuracy"] <= 100
   for split in ("train", "eval"):
     assert any(f.startswith("events.out.tfevents")
                for f in os.listdir(os.path.join(model_dir, split)))
