@@ -1,10 +1,11 @@
-"""Crash safety: a run killed with SIGKILL five times, once in the middle of a
-checkpoint write, ends with exactly (bitwise) the parameters and the loss
-sequence of a run that was never interrupted, and never leaves an unreadable
-checkpoint behind."""
+"""Crash safety: a run killed with SIGKILL five times, twice in the middle of a
+checkpoint write, then stopped once with SIGTERM (which saves and exits 0), ends
+with exactly (bitwise) the parameters and the loss sequence of a run that was
+never interrupted, and never leaves an unreadable checkpoint behind."""
 
 import os
 import random
+import signal
 import time
 
 import jax
@@ -33,8 +34,9 @@ def in_flight_write(model_dir):
       not name.isdigit() for name in os.listdir(directory))
 
 
-def kill_when(process, ready, timeout=300.0, delay=0.0):
-  """SIGKILLs `process` `delay` seconds after ready() holds (polled every 2 ms)."""
+def kill_when(process, ready, timeout=300.0, delay=0.0, stop=None):
+  """SIGKILLs `process` (or calls stop()) `delay` seconds after ready() holds
+  (polled every 2 ms), then waits for it to end."""
   deadline = time.time() + timeout
   while not ready():
     if process.poll() is not None:
@@ -45,8 +47,8 @@ def kill_when(process, ready, timeout=300.0, delay=0.0):
       raise AssertionError("fam-train made no progress")
     time.sleep(0.002)
   time.sleep(delay)
-  process.kill()
-  process.wait()
+  (stop or process.kill)()
+  process.wait(timeout=timeout)
 
 
 def test_sigkill_five_times_resumes_bitwise(tmp_path):
@@ -59,7 +61,8 @@ def test_sigkill_five_times_resumes_bitwise(tmp_path):
 
   crashed = str(tmp_path / "crashed")
   rng = random.Random(0)
-  for kind in ["startup", "mid-write", "after-step", "mid-write", "after-step"]:
+  for kind in ["startup", "mid-write", "after-step", "mid-write", "after-step",
+               "sigterm"]:
     before = max(train_losses(crashed), default=0)
     progressed = lambda: max(train_losses(crashed), default=0) > before
     process = train_cli.start(crashed, steps)
@@ -68,8 +71,16 @@ def test_sigkill_five_times_resumes_bitwise(tmp_path):
       kill_when(process, lambda: time.time() - started > delay)
     elif kind == "mid-write":  # a checkpoint orbax has not yet renamed
       kill_when(process, lambda: progressed() and in_flight_write(crashed))
-    else:  # at a random moment after training resumed
+    elif kind == "after-step":  # at a random moment after training resumed
       kill_when(process, progressed, delay=rng.uniform(0.0, 0.2))
+    else:  # SIGTERM: the step in flight ends, is saved, and the run exits 0
+      kill_when(process, progressed, stop=lambda: process.send_signal(signal.SIGTERM))
+      assert process.returncode == 0
+      step = max(train_losses(crashed))
+      assert checkpoints.latest_step(crashed) == step
+      with open(f"{crashed}.log") as f:
+        assert (f"SIGTERM: stopped at step {step}; checkpoint saved, rerun the "
+                "same command to continue") in f.read()
     # Whatever the moment, the newest complete checkpoint reads back.
     latest = checkpoints.latest_step(crashed)
     if latest is not None:

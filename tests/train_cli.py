@@ -1,12 +1,20 @@
 """Running fam-train in a child process, for the trainer's end-to-end tests."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 from train_fixture import MODEL_BINDINGS, TASK
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
+
+# One persistent compilation cache for every fam-train these tests start: the
+# tiny model compiles once per shape, not once per run (most of a run's time).
+JAX_CACHE = tempfile.mkdtemp(prefix="fam_train_test_jax_cache_")
+atexit.register(shutil.rmtree, JAX_CACHE, ignore_errors=True)
 
 # A 2-layer FAM model with LoRA on 64-byte rows of Hamlet's opening.
 RUN_BINDINGS = MODEL_BINDINGS + [
@@ -19,7 +27,7 @@ RUN_BINDINGS = MODEL_BINDINGS + [
 
 def command(model_dir, *bindings, extra=("--no_progress",)):
   return ([sys.executable, "-m", "fam_jax.cli.train", f"--model_dir={model_dir}",
-           "--module_import=train_fixture", *extra]
+           "--module_import=train_fixture", f"--jax_cache_dir={JAX_CACHE}", *extra]
           + [f"--gin.{b}" for b in RUN_BINDINGS + list(bindings)])
 
 

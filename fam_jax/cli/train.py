@@ -121,6 +121,13 @@ def _main(argv: Sequence[str]) -> int:
   print(f"fam-train: step {summary['step']} done in {summary['seconds']:.0f} s, "
         f"{summary['tokens_per_second']:,.0f} tokens/s; run in {args.model_dir}",
         file=sys.stderr)
+  before = summary["eval_before"]
+  for name, value in sorted(summary["eval"].items()):
+    if name.endswith("/examples"):
+      continue
+    change = f"{before[name]:.4g} before training -> " if name in before else ""
+    print(f"fam-train: {name}: {change}{value:.4g} at step {summary['step']}",
+          file=sys.stderr)
   return 0
 
 

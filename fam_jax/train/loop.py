@@ -147,8 +147,9 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
   """Runs (or resumes) the run in model_dir up to train_cfg.train_steps.
 
   Returns:
-    {"step", "stopped_by" (None or the signal name), "eval" (last evaluation),
-     "tokens_per_second", "seconds"}.
+    {"step", "stopped_by" (None or the signal name), "eval" (the evaluation at
+     the end), "eval_before" (the one before training), "tokens_per_second",
+     "seconds"}.
   """
   started = time.perf_counter()
   model_dir = os.path.abspath(model_dir)
@@ -230,7 +231,8 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
 
   step = int(state.step)
   bar = observe.Progress(step, train_cfg.train_steps,
-                         enabled=progress and main_process)
+                         enabled=progress and main_process,
+                         messages=main_process)
   if step == 0 and (train_cfg.eval_tasks or train_cfg.decode_tasks
                     or train_cfg.perplexity_files):
     run_eval(0)  # before any training: the baseline
@@ -291,7 +293,11 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
     if main_process:
       observe.plot_loss(model_dir)
   log.close()
+  before = next((r for r in observe.read_metrics(model_dir)
+                 if r["split"] == "eval" and r["step"] == 0), {})
   summary = {"step": step, "stopped_by": stopped_by, "eval": evaluated,
+             "eval_before": {k: v for k, v in before.items()
+                             if k not in ("step", "split")},
              "tokens_per_second": bar.tokens_per_second,
              "seconds": time.perf_counter() - started}
   if main_process:

@@ -87,11 +87,12 @@ class Progress:
   on a terminal, one line per 10% otherwise (logs)."""
 
   def __init__(self, first_step: int, last_step: int, stream=None,
-               enabled: bool = True):
+               enabled: bool = True, messages: bool = True):
     self._stream = sys.stderr if stream is None else stream
     self._tty = hasattr(self._stream, "isatty") and self._stream.isatty()
     self._first, self._last = first_step, last_step
-    self._enabled = enabled
+    self._enabled = enabled  # the bar
+    self._messages = messages  # evaluations, signals, exports: shown without the bar too
     self._start: Optional[float] = None  # after the first (compiling) step
     self._tokens = 0.0
     self._shown_decile = -1
@@ -129,8 +130,8 @@ class Progress:
     self._stream.flush()
 
   def message(self, text: str) -> None:
-    if self._enabled:
-      self._stream.write(("\n" if self._tty else "") + text + "\n")
+    if self._messages:
+      self._stream.write(("\n" if self._tty and self._enabled else "") + text + "\n")
       self._stream.flush()
 
 
