@@ -1,17 +1,13 @@
 """Logical axes shard the model over a (data, fsdp, tensor) mesh without changing it."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from fam_jax.sharding import make_mesh
+from util import run_on_cpu_devices
 
 _SCRIPT = textwrap.dedent("""
-    import os, sys
-    sys.path.insert(0, {tests!r})
     import jax, jax.numpy as jnp, numpy as np
     from flax import linen as nn
     from fam_jax import FamLM
@@ -25,7 +21,7 @@ _SCRIPT = textwrap.dedent("""
     variables = jax.jit(model.init)(jax.random.PRNGKey(0),
                                     jnp.zeros((1, 1), jnp.int32))
     tokens = random_tokens(cfg, 2, 13)
-    single = model.apply({{"params": variables["params"]}}, tokens)
+    single = model.apply({"params": variables["params"]}, tokens)
 
     mesh = make_mesh(data=1, tensor=2)
     params = jax.device_put(variables["params"],
@@ -35,20 +31,14 @@ _SCRIPT = textwrap.dedent("""
     assert len(gate.addressable_shards) == 2
     assert gate.addressable_shards[0].data.shape == (2, 32, 24)
     with nn.logical_axis_rules(LOGICAL_AXIS_RULES), jax.set_mesh(mesh):
-      sharded = jax.jit(model.apply)({{"params": params}}, tokens)
+      sharded = jax.jit(model.apply)({"params": params}, tokens)
     assert rel_err(sharded, single) < 1e-5, rel_err(sharded, single)
     print("OK")
 """)
 
 
 def test_two_way_model_parallel_forward_matches_single_device():
-  tests = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", _SCRIPT.format(tests=tests)],
-                          env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.strip().endswith("OK")
+  run_on_cpu_devices(_SCRIPT, devices=2, timeout=600)
 
 
 def test_mesh_needs_a_divisor_of_the_devices():

@@ -1,14 +1,11 @@
 """Training on a data=2 × fsdp=2 × tensor=2 mesh of 8 CPU devices computes what
 one device computes: the same losses and parameters after 3 steps."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
+from util import run_on_cpu_devices
+
 _SCRIPT = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {tests!r})
     import jax, numpy as np
     from flax import linen as nn
     from fam_jax import sharding
@@ -43,7 +40,7 @@ _SCRIPT = textwrap.dedent("""
             out_shardings=(layout.state, sharding.replicated(mesh)))
         losses = []
         for batch in batches:
-          batch = {{k: jax.device_put(v, layout.batch) for k, v in batch.items()}}
+          batch = {k: jax.device_put(v, layout.batch) for k, v in batch.items()}
           state, metrics = step(state, batch)
           losses.append(float(metrics["loss"]))
       return losses, state
@@ -58,9 +55,9 @@ _SCRIPT = textwrap.dedent("""
     assert state.fam.sharding.spec[1] == ("data", "fsdp")
     print("losses", one_losses, losses)
     np.testing.assert_allclose(losses, one_losses, rtol=1e-5)
-    errors = {{jax.tree_util.keystr(path): rel_err(a, b) for (path, a), b in zip(
+    errors = {jax.tree_util.keystr(path): rel_err(a, b) for (path, a), b in zip(
         jax.tree_util.tree_leaves_with_path(state.params),
-        jax.tree_util.tree_leaves(one.params))}}
+        jax.tree_util.tree_leaves(one.params))}
     print("largest errors", sorted(errors.items(), key=lambda kv: -kv[1])[:3])
     worst = max(errors.values())
     print("worst parameter relative error", worst)
@@ -71,11 +68,4 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_mesh_2x2x2_trains_like_one_device():
-  tests = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", _SCRIPT.format(tests=tests)],
-                          env=env, capture_output=True, text=True, timeout=1200)
-  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-  assert result.stdout.strip().endswith("OK")
-  print(result.stdout)  # the losses and the largest errors, with -s
+  run_on_cpu_devices(_SCRIPT, devices=8, timeout=1200)

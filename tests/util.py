@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -93,3 +96,17 @@ def without_adapters(params):
     return {k: without_adapters(v) for k, v in params.items()
             if k not in ("lora_a", "lora_b")}
   return params
+
+
+def run_on_cpu_devices(script: str, devices: int, timeout: float) -> None:
+  """Runs `script` in a fresh Python with `devices` CPU devices (XLA_FLAGS must
+  be set before JAX starts) and tests/ importable; it must print OK last."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env["PYTHONPATH"] = os.pathsep.join(
+      [os.path.dirname(os.path.abspath(__file__)), env.get("PYTHONPATH", "")])
+  result = subprocess.run([sys.executable, "-c", script], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  assert result.stdout.strip().endswith("OK")
+  print(result.stdout)  # what the script measured, shown with -s
