@@ -382,6 +382,9 @@ def prefill(params, cfg: FamConfig, state: StreamState, tokens, *,
       raise ValueError(f"attention='full' stream capacity {n} exceeded: "
                        f"{(used + lengths).max()} tokens")
   chunk = min(chunk_size or (n if cfg.is_blockwise else 512), n)
+  # A short prompt gets a narrower step (widths are powers of two, to bound
+  # the compilations): one token is not computed as a chunk of 512.
+  chunk = min(chunk, 1 << int(lengths.max() - 1).bit_length())
   fill = np.asarray(state.fill).astype(np.int64)
   consumed = np.zeros((batch,), np.int64)
   total = int(lengths.sum())
