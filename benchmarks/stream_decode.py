@@ -88,12 +88,22 @@ def measure(params, cfg: FamConfig, length: int, decode_tokens: int,
               decode_step_ms=1e3 * step_s / decode_tokens)
 
 
+SMOLLM2 = {"full": dict(attention="full"),
+           "bswa": dict(attention="bswa", block_size=512, memory_segments=3),
+           "fam": dict(attention="fam", block_size=512, memory_segments=3,
+                       fam_length=64)}
+
+
 def smollm2_rows(length: int, decode_tokens: int, repeats: int) -> list[dict]:
-  """SmolLM2-135M (full attention) by fam-jax and, if present, transformers."""
+  """SmolLM2-135M (full, bswa and fam with N=512, m=3) by fam-jax and, if
+  present, transformers (full attention)."""
   from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
-  params, cfg = gguf.convert_gguf(gguf.resolve("smollm2"))
-  row = measure(params, cfg, length, decode_tokens, repeats)
-  rows = [dict(row, attention="smollm2 fam-jax full")]
+  rows = []
+  for kind, fields in SMOLLM2.items():
+    params, cfg = gguf.convert_gguf(gguf.resolve("smollm2"), **fields)
+    row = measure(params, cfg, length, decode_tokens, repeats)
+    rows.append(dict(row, attention=f"smollm2 {kind}"))
+    print(json.dumps(rows[-1]), flush=True)
   try:
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
@@ -109,12 +119,7 @@ def smollm2_rows(length: int, decode_tokens: int, repeats: int) -> list[dict]:
 
   def prefill():
     with torch.no_grad():
-      return model(ids, use_cache=True)
-
-  def decode():
-    with torch.no_grad():
-      model.generate(ids[:, -8:], max_new_tokens=decode_tokens,
-                     min_new_tokens=decode_tokens, do_sample=False)
+      model(ids, use_cache=True)
 
   prefill_s = _median_seconds(prefill, repeats)
   # Decode at the context `length`: time a generate after a full prefill, minus
