@@ -51,10 +51,13 @@ def _median_seconds(run, repeats: int) -> float:
 
 
 def measure(params, cfg: FamConfig, length: int, decode_tokens: int,
-            repeats: int) -> dict:
-  """Prefill tokens/s at `length`, then ms/token of decoding after it."""
+            repeats: int, capacity: int = 0) -> dict:
+  """Prefill tokens/s at `length`, then ms/token of decoding after it.
+
+  capacity: of a full-attention KV cache (default: just enough).
+  """
   tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (1, length))
-  capacity = length + decode_tokens + 1
+  capacity = max(capacity, length + decode_tokens + 1)
   fresh = lambda: streaming.init_state(params, cfg, 1, capacity=capacity)
   filled = {}
 
@@ -94,14 +97,15 @@ SMOLLM2 = {"full": dict(attention="full"),
                        fam_length=64)}
 
 
-def smollm2_rows(length: int, decode_tokens: int, repeats: int) -> list[dict]:
+def smollm2_rows(length: int, decode_tokens: int, repeats: int,
+                 capacity: int) -> list[dict]:
   """SmolLM2-135M (full, bswa and fam with N=512, m=3) by fam-jax and, if
   present, transformers (full attention)."""
   from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
   rows = []
   for kind, fields in SMOLLM2.items():
     params, cfg = gguf.convert_gguf(gguf.resolve("smollm2"), **fields)
-    row = measure(params, cfg, length, decode_tokens, repeats)
+    row = measure(params, cfg, length, decode_tokens, repeats, capacity)
     rows.append(dict(row, attention=f"smollm2 {kind}"))
     print(json.dumps(rows[-1]), flush=True)
   try:
@@ -175,6 +179,9 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--smollm2", type=int, metavar="LENGTH", default=0,
                       help="also time SmolLM2-135M at this context length")
+  parser.add_argument("--capacity", type=int, default=0,
+                      help="full attention's KV cache size (default: just "
+                      "enough for the context and the decoded tokens)")
   parser.add_argument("--json", help="write the rows here")
   parser.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"))
   args = parser.parse_args()
@@ -188,10 +195,12 @@ def main() -> None:
     params = jax.jit(FamLM(cfg).init)(jax.random.PRNGKey(0),
                                       jnp.zeros((1, 1), jnp.int32))["params"]
     for length in args.lengths or KINDS[kind]:
-      rows.append(measure(params, cfg, length, args.decode_tokens, args.repeats))
+      rows.append(measure(params, cfg, length, args.decode_tokens, args.repeats,
+                          args.capacity))
       print(json.dumps(rows[-1]), flush=True)
   if args.smollm2:
-    rows += smollm2_rows(args.smollm2, args.decode_tokens, args.repeats)
+    rows += smollm2_rows(args.smollm2, args.decode_tokens, args.repeats,
+                         args.capacity)
   print(f"fam_jax from {os.path.dirname(streaming.__file__)}")
   print(f"model: {args.gin} {args.gin_binding}; {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s); medians of {args.repeats}")
