@@ -7,10 +7,12 @@ streams generates together, each stopping at its own stop token.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fam_jax import streaming
@@ -57,15 +59,22 @@ def generate(params, cfg: FamConfig, state: streaming.StreamState, prompts,
              sampling: SamplingConfig = SamplingConfig(),
              stop_tokens: Sequence[int] = (), seed: int = 0,
              on_token: Optional[Callable[[int, int], None]] = None,
-             progress: Optional[Callable[[int, int], None]] = None) -> Generation:
+             progress: Optional[Callable[[int, int], None]] = None,
+             tokens_per_dispatch: int = 16) -> Generation:
   """Prefills `prompts` ([B, T], stream b reads lengths[b] tokens) and samples.
 
+  Decoding runs on the device, `tokens_per_dispatch` tokens per call (sampling
+  and stop tokens inside one jitted loop), not one Python call per token.
+
   Args:
-    on_token: called with (stream, token) for every generated token, as it comes.
+    on_token: called with (stream, token) for every generated token, in
+      bursts of up to tokens_per_dispatch.
     progress: called with (tokens prefilled, total) while prefilling.
   """
   if max_new_tokens < 0:
     raise ValueError(f"max_new_tokens must be >= 0; got {max_new_tokens}")
+  if tokens_per_dispatch < 1:
+    raise ValueError(f"tokens_per_dispatch must be >= 1; got {tokens_per_dispatch}")
   start = time.perf_counter()
   logits, state = streaming.prefill(params, cfg, state, prompts, lengths=lengths,
                                     progress=progress)
@@ -75,43 +84,75 @@ def generate(params, cfg: FamConfig, state: streaming.StreamState, prompts,
                       else np.asarray(prompts).size)
 
   batch = logits.shape[0]
-  stop = np.asarray(list(stop_tokens), np.int64)
-  active = np.ones((batch,), bool)
-  stopped = [False] * batch
-  # attention='full': tokens in each stream's KV cache (tracked here, not read
-  # back from the device every step). A full cache ends its stream before a
-  # token is sampled that could not be fed back.
-  cached = None if cfg.is_blockwise else np.asarray(state.fill).astype(np.int64)
-  full = [False] * batch
+  stop = jnp.asarray(list(stop_tokens) or [-1], jnp.int32)
+  active = jnp.ones((batch,), bool)
+  stopped = jnp.zeros((batch,), bool)
+  full = jnp.zeros((batch,), bool)
+  # attention='full': tokens in each stream's KV cache, tracked on the host to
+  # pick how much of the cache each dispatch attends to.
+  cached = int(np.max(np.asarray(state.fill)))
   out: list[list[int]] = [[] for _ in range(batch)]
   rng = jax.random.PRNGKey(seed)
   start = time.perf_counter()
-  for _ in range(max_new_tokens):
-    if cached is not None:
-      for b in np.flatnonzero(active & (cached >= state.block_size)):
-        full[b] = True
-      active &= cached < state.block_size
-      if not active.any():
-        break
-    rng, step_rng = jax.random.split(rng)
-    token = np.asarray(sample(step_rng, logits, sampling))
-    finished = active & np.isin(token, stop)
-    for b in np.flatnonzero(active & ~finished):
-      out[b].append(int(token[b]))
+  done = 0
+  while done < max_new_tokens:
+    steps = min(tokens_per_dispatch, max_new_tokens - done)
+    view = streaming.attended_slots(cfg, state.block_size, cached + steps)
+    run = _decode(params, state, logits, rng, active, stopped, full, stop,
+                  jnp.int32(steps), cfg, sampling, tokens_per_dispatch, view)
+    state, logits, rng, active, stopped, full, tokens, emitted = run
+    tokens, emitted = np.asarray(tokens), np.asarray(emitted)
+    for t, b in zip(*np.nonzero(emitted)):
+      out[b].append(int(tokens[t, b]))
       if on_token is not None:
-        on_token(int(b), int(token[b]))
-    for b in np.flatnonzero(finished):
-      stopped[b] = True
-    active &= ~finished
-    if not active.any():
+        on_token(int(b), int(tokens[t, b]))
+    done += steps
+    cached += steps
+    if not np.asarray(active).any():
       break
-    logits, state = streaming.decode_step(params, cfg, state,
-                                          np.where(active, token, 0),
-                                          active=active)
-    if cached is not None:
-      cached += active
   jax.block_until_ready(state)
-  return Generation(tokens=out, stopped=stopped, full=full, state=state,
+  return Generation(tokens=out, stopped=np.asarray(stopped).tolist(),
+                    full=np.asarray(full).tolist(), state=state,
                     prefill_seconds=prefill_seconds,
                     decode_seconds=time.perf_counter() - start,
                     prompt_tokens=prompt_tokens)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "width", "view"),
+                   donate_argnames=("state",))
+def _decode(params, state, logits, rng, active, stopped, full, stop, steps,
+            cfg: FamConfig, sampling: SamplingConfig, width: int, view: int):
+  """Up to `steps` (<= width) tokens of every active stream in one dispatch:
+  sample, stop at a stop token (or, attention='full', when the KV cache is
+  full), feed the token back.
+
+  Returns:
+    (state, logits, rng, active, stopped, full, tokens [width, B],
+    emitted [width, B]: the tokens that belong to the generation).
+  """
+  batch = logits.shape[0]
+
+  def body(carry):
+    i, state, logits, rng, active, stopped, full, tokens, emitted = carry
+    if not cfg.is_blockwise:
+      no_room = active & (state.fill >= state.block_size)
+      full, active = full | no_room, active & ~no_room
+    rng, step_rng = jax.random.split(rng)
+    token = sample(step_rng, logits, sampling)
+    finished = active & jnp.isin(token, stop)
+    emitted = emitted.at[i].set(active & ~finished)
+    tokens = tokens.at[i].set(token)
+    stopped, active = stopped | finished, active & ~finished
+    logits, state = streaming.step(params, state,
+                                   jnp.where(active, token, 0)[:, None],
+                                   active.astype(jnp.int32), cfg, False, view)
+    return i + 1, state, logits, rng, active, stopped, full, tokens, emitted
+
+  def more(carry):
+    return (carry[0] < steps) & jnp.any(carry[4])
+
+  carry = (0, state, logits, rng, active, stopped, full,
+           jnp.zeros((width, batch), jnp.int32), jnp.zeros((width, batch), bool))
+  _, state, logits, rng, active, stopped, full, tokens, emitted = (
+      jax.lax.while_loop(more, body, carry))
+  return state, logits, rng, active, stopped, full, tokens, emitted

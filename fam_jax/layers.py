@@ -148,14 +148,34 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
   Returns:
     [..., T, H, E] in the dtype of q. Logits and softmax run in float32.
   """
+  return attend_parts(q, [(k, v)], mask)
+
+
+def attend_parts(q: jax.Array, parts, mask: jax.Array) -> jax.Array:
+  """`attend` over keys and values held in pieces, as if concatenated along S.
+
+  One softmax over all the pieces' logits; the keys and values themselves are
+  never concatenated (no copy of a KV cache per step).
+
+  Args:
+    q: [..., T, H, E] queries.
+    parts: sequence of (k [..., S_i, K, E], v [..., S_i, K, E]).
+    mask: broadcastable to [..., T, sum S_i].
+  """
   *batch, t, h, e = q.shape
-  kv_heads = k.shape[-2]
+  kv_heads = parts[0][0].shape[-2]
   q = q.reshape(*batch, t, kv_heads, h // kv_heads, e) * (1.0 / math.sqrt(e))
-  logits = jnp.einsum("...tkge,...ske->...kgts", q, k,
-                      preferred_element_type=jnp.float32)
+  logits = [jnp.einsum("...tkge,...ske->...kgts", q, k,
+                       preferred_element_type=jnp.float32) for k, _ in parts]
+  logits = logits[0] if len(logits) == 1 else jnp.concatenate(logits, axis=-1)
   logits = jnp.where(mask[..., None, None, :, :], logits, MASKED_LOGIT)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("...kgts,...ske->...tkge", probs, v)
+  probs = jax.nn.softmax(logits, axis=-1)
+  out, start = None, 0
+  for _, v in parts:
+    size = v.shape[-3]
+    piece = jnp.einsum("...kgts,...ske->...tkge",
+                       probs[..., start:start + size].astype(v.dtype), v)
+    out, start = piece if out is None else out + piece, start + size
   return out.reshape(*batch, t, h, e)
 
 

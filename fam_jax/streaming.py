@@ -31,7 +31,7 @@ from fam_jax.checkpoint import (config_to_dict, orbax_checkpointer,
                                 params_fingerprint, restore_arrays)
 from fam_jax.config import FamConfig
 from fam_jax.jsonfile import read_json
-from fam_jax.layers import (attend, embed, output_logits, post_attention,
+from fam_jax.layers import (attend_parts, embed, output_logits, post_attention,
                             pre_attention)
 from fam_jax.weights import ModelWeights
 
@@ -134,10 +134,61 @@ def _initial_fam(params, cfg: FamConfig, position: jax.Array):
   return fam, k, v
 
 
-def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
-          cfg: FamConfig, all_logits: bool):
+def attended_slots(cfg: FamConfig, block_size: int, end: int) -> int:
+  """How many block slots a step attends to when its streams end at `end`.
+
+  BSWA/FAM: the whole block (N is small). Full attention: the filled prefix
+  of the KV cache rounded up to a power of two (at least 256), so decoding
+  compiles one step per bucket, not per token, and never runs a softmax over
+  the empty rest of the capacity.
+  """
+  if cfg.is_blockwise:
+    return block_size
+  bucket = 256
+  while bucket < end:
+    bucket *= 2
+  return min(bucket, block_size)
+
+
+def _write_chunk(cache, new, layer, fill, end, start):
+  """Writes new[b, :end[b] - fill[b]] into cache[layer, b, fill[b]:end[b]].
+
+  One dynamic_update_slice of C slots per stream (in place in a donated
+  buffer); the window starts at start[b] <= fill[b] so that it fits in the
+  block, and slots of the window outside [fill, end) keep their keys.
+  """
+  b, c = new.shape[:2]
+  for s in range(b):
+    at = (layer, s, start[s], 0, 0)
+    old = jax.lax.dynamic_slice(cache, at, (1, 1, c, *cache.shape[3:]))[0, 0]
+    slot = start[s] + jnp.arange(c)
+    keep = (slot >= fill[s]) & (slot < end[s])
+    source = jnp.clip(slot - fill[s], 0, c - 1)
+    window = jnp.where(keep[:, None, None], new[s, source], old)
+    cache = jax.lax.dynamic_update_slice(cache, window[None, None], at)
+  return cache
+
+
+def _move_block_into_ring(memory, block, complete, blocks_done):
+  """Stream b's completed block goes into ring slot blocks_done[b] % m."""
+  m = memory.shape[2]
+  for s in range(block.shape[1]):
+    at = (0, s, blocks_done[s] % m, 0, 0, 0)
+    old = jax.lax.dynamic_slice(memory, at, (memory.shape[0], 1, 1,
+                                             *memory.shape[3:]))
+    new = jnp.where(complete[s], block[:, s:s + 1, None], old)
+    memory = jax.lax.dynamic_update_slice(memory, new, at)
+  return memory
+
+
+def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
+         cfg: FamConfig, all_logits: bool, view: Optional[int] = None):
   """Consumes tokens[b, :n_new[b]] of every stream b, never crossing the end of
-  its current block (n_new[b] <= N - fill[b]).
+  its current block (n_new[b] <= N - fill[b]; the chunk width C <= N).
+
+  Args:
+    view: block slots attended to (`attended_slots`; >= every stream's fill +
+      n_new), default N.
 
   Returns:
     (logits [B, C, V] if all_logits else [B, V] of each stream's last new token,
@@ -147,49 +198,55 @@ def _step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
   # scanned layers (the default) for fast streaming.
   w = ModelWeights.from_params(params, cfg)
   n = state.block_size
+  view = n if view is None else view
   m = state.memory_k.shape[2]
   f = cfg.num_fam_tokens
   b, c = tokens.shape
-  offsets = jnp.arange(c)
-  positions = state.position[:, None] + offsets  # [B, C]
+  positions = state.position[:, None] + jnp.arange(c)  # [B, C]
   end = state.fill + n_new  # [B] block slots filled after this chunk
   complete = (end == n) if cfg.is_blockwise else jnp.zeros((b,), bool)
+  start = jnp.minimum(state.fill, n - c)
 
-  # Keys: [ring (m·N) | FAM (F) | current block (N)].
-  mask = masks.stream_chunk_mask(state.fill, end, state.blocks_done, c, n, m, f)
-  # Block slots this chunk writes, and which chunk token goes there.
-  slot = jnp.arange(n)
-  write = (slot[None] >= state.fill[:, None]) & (slot[None] < end[:, None])
-  source = jnp.clip(slot[None] - state.fill[:, None], 0, c - 1)[..., None, None]
-  ring_slot = (state.blocks_done % max(m, 1))[:, None] == jnp.arange(m)[None]
-  into_ring = (ring_slot & complete[:, None])[..., None, None, None]
+  # Keys: [ring (m·N) | FAM (F) | current block (its first `view` slots)].
+  mask = masks.stream_chunk_mask(state.fill, end, state.blocks_done, c, n, m, f,
+                                 view)
   block_start = state.position - state.fill
   next_block_start = state.position + n_new
 
-  def layer(x, scanned):
-    lw, fam, fam_k, fam_v, mem_k, mem_v, blk_k, blk_v = scanned
+  def layer(carry, scanned):
+    x, blk_k, blk_v, index = carry
+    lw, fam, fam_k, fam_v, mem_k, mem_v = scanned
     q, k, v = pre_attention(lw, x, positions, cfg)
-    blk_k = jnp.where(write[..., None, None],
-                      jnp.take_along_axis(k, source, axis=1), blk_k)
-    blk_v = jnp.where(write[..., None, None],
-                      jnp.take_along_axis(v, source, axis=1), blk_v)
-    keys = jnp.concatenate([mem_k.reshape(b, m * n, *k.shape[2:]), fam_k, blk_k], 1)
-    values = jnp.concatenate([mem_v.reshape(b, m * n, *v.shape[2:]), fam_v, blk_v], 1)
-    x = post_attention(lw, attend(q, keys, values, mask), x, cfg)
+    blk_k = _write_chunk(blk_k, k, index, state.fill, end, start)
+    blk_v = _write_chunk(blk_v, v, index, state.fill, end, start)
+    layer_kv = lambda cache, size: jax.lax.dynamic_slice(
+        cache, (index, 0, 0, 0, 0), (1, b, size, *cache.shape[3:]))[0]
+    parts = [(mem_k.reshape(b, m * n, *k.shape[2:]),
+              mem_v.reshape(b, m * n, *v.shape[2:])), (fam_k, fam_v),
+             (layer_kv(blk_k, view), layer_kv(blk_v, view))]
+    heads = attend_parts(q, [p for p in parts if p[0].shape[1]], mask)
+    x = post_attention(lw, heads, x, cfg)
     if f:
       fam, fam_k, fam_v = jax.lax.cond(
           jnp.any(complete),
-          lambda: _update_fam(lw, fam, fam_k, fam_v, blk_k, blk_v, state.fam_fresh,
-                              complete, block_start, next_block_start, cfg),
+          lambda: _update_fam(lw, fam, fam_k, fam_v, layer_kv(blk_k, n),
+                              layer_kv(blk_v, n), state.fam_fresh, complete,
+                              block_start, next_block_start, cfg),
           lambda: (fam, fam_k, fam_v))
-    mem_k = jnp.where(into_ring, blk_k[:, None], mem_k)
-    mem_v = jnp.where(into_ring, blk_v[:, None], mem_v)
-    return x, (fam, fam_k, fam_v, mem_k, mem_v, blk_k, blk_v)
+    return (x, blk_k, blk_v, index + 1), (fam, fam_k, fam_v)
 
   x = embed(jnp.take(w.embedding, tokens, axis=0), cfg)
-  x, (fam, fam_k, fam_v, mem_k, mem_v, blk_k, blk_v) = jax.lax.scan(
-      layer, x, (w.layers, state.fam, state.fam_k, state.fam_v, state.memory_k,
-                 state.memory_v, state.block_k, state.block_v))
+  (x, blk_k, blk_v, _), (fam, fam_k, fam_v) = jax.lax.scan(
+      layer, (x, state.block_k, state.block_v, 0),
+      (w.layers, state.fam, state.fam_k, state.fam_v, state.memory_k,
+       state.memory_v))
+  mem_k, mem_v = state.memory_k, state.memory_v
+  if m:
+    mem_k, mem_v = jax.lax.cond(
+        jnp.any(complete),
+        lambda: (_move_block_into_ring(mem_k, blk_k, complete, state.blocks_done),
+                 _move_block_into_ring(mem_v, blk_v, complete, state.blocks_done)),
+        lambda: (mem_k, mem_v))
   if not all_logits:
     last = jnp.clip(n_new - 1, 0, c - 1)
     x = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
@@ -222,7 +279,7 @@ def _update_fam(lw, fam, fam_k, fam_v, blk_k, blk_v, fresh, complete,
   return pick(new_fam, fam), pick(new_k, fam_k), pick(new_v, fam_v)
 
 
-_jit_step = jax.jit(_step, static_argnames=("cfg", "all_logits"),
+_jit_step = jax.jit(step, static_argnames=("cfg", "all_logits", "view"),
                     donate_argnames=("state",))
 
 
@@ -324,7 +381,10 @@ def prefill(params, cfg: FamConfig, state: StreamState, tokens, *,
     if np.any(used + lengths > n):
       raise ValueError(f"attention='full' stream capacity {n} exceeded: "
                        f"{(used + lengths).max()} tokens")
-  chunk = chunk_size or (n if cfg.is_blockwise else min(n, 512))
+  chunk = min(chunk_size or (n if cfg.is_blockwise else 512), n)
+  # A short prompt gets a narrower step (widths are powers of two, to bound
+  # the compilations): one token is not computed as a chunk of 512.
+  chunk = min(chunk, 1 << int(lengths.max() - 1).bit_length())
   fill = np.asarray(state.fill).astype(np.int64)
   consumed = np.zeros((batch,), np.int64)
   total = int(lengths.sum())
@@ -335,9 +395,10 @@ def prefill(params, cfg: FamConfig, state: StreamState, tokens, *,
     index = np.minimum(consumed[:, None] + np.arange(chunk)[None], length - 1)
     chunk_tokens = np.where(np.arange(chunk)[None] < take[:, None],
                             np.take_along_axis(tokens, index, axis=1), 0)
+    view = attended_slots(cfg, n, int((fill + take).max()))
     logits, state = _jit_step(params, state, jnp.asarray(chunk_tokens, jnp.int32),
                               jnp.asarray(take, jnp.int32), cfg,
-                              return_all_logits)
+                              return_all_logits, view)
     if return_all_logits:
       outputs.append((consumed.copy(), take, np.asarray(logits)))
     else:
@@ -386,12 +447,16 @@ def decode_step(params, cfg: FamConfig, state: StreamState, token, *,
     stream = int(np.flatnonzero(bad)[0])
     raise ValueError(f"token id {int(token[stream])} of stream {stream} is outside "
                      f"the vocabulary [0, {cfg.vocab_size})")
-  if not cfg.is_blockwise and np.any(np.asarray(state.fill)[active] >= state.block_size):
-    raise ValueError(f"attention='full' stream capacity {state.block_size} "
-                     "exceeded")
+  view = None
+  if not cfg.is_blockwise:
+    fill = np.asarray(state.fill)
+    if np.any(fill[active] >= state.block_size):
+      raise ValueError(f"attention='full' stream capacity {state.block_size} "
+                       "exceeded")
+    view = attended_slots(cfg, state.block_size, int(fill.max()) + 1)
   return _jit_step(params, state,
                    jnp.asarray(token[:, None], jnp.int32),
-                   jnp.asarray(active, jnp.int32), cfg, False)
+                   jnp.asarray(active, jnp.int32), cfg, False, view)
 
 
 def save_state(directory: str, state: StreamState, cfg: FamConfig, *, params,

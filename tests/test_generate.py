@@ -1,11 +1,13 @@
 """Generation: streaming + sampling against a recompute-everything loop; the CLI."""
 
+import jax
 import numpy as np
 import pytest
 
 from fam_jax import checkpoint, streaming
 from fam_jax.cli.generate import main as generate_main
 from fam_jax.generate import generate
+from fam_jax.sampling import SamplingConfig, sample
 from fam_jax.text.tokenizer import ByteTokenizer, IncrementalDecoder
 from util import init_params, random_tokens, run, tiny_config
 
@@ -136,3 +138,33 @@ def test_cli_resumes_and_saves_back_into_the_same_directory(tmp_path, capsys):
   capsys.readouterr()
   state = streaming.load_state(stream, cfg, params=params)
   assert int(state.position[0]) == (5 + 2) + (4 + 2)
+
+
+@pytest.mark.parametrize("attention", ["full", "fam"])
+def test_device_loop_equals_one_decode_step_per_token(attention):
+  """Sampled generation, many tokens per dispatch, gives the tokens and the
+  state of a Python loop of decode_step calls with the same random keys."""
+  cfg = tiny_config(attention=attention, block_size=4, memory_segments=1,
+                    fam_length=2)
+  _, params = init_params(cfg)
+  prompts = random_tokens(cfg, 2, 7)
+  lengths = np.array([7, 3])
+  sampling = SamplingConfig(temperature=1.0)
+  new = lambda: streaming.init_state(params, cfg, 2, capacity=32)
+  logits, state = streaming.prefill(params, cfg, new(), prompts, lengths=lengths)
+  rng, expected = jax.random.PRNGKey(3), [[], []]
+  for _ in range(11):
+    rng, step_rng = jax.random.split(rng)
+    token = np.asarray(sample(step_rng, logits, sampling))
+    for b in range(2):
+      expected[b].append(int(token[b]))
+    logits, state = streaming.decode_step(params, cfg, state, token)
+  for per_dispatch in (1, 4, 16):
+    result = generate(params, cfg, new(), prompts, lengths=lengths,
+                      max_new_tokens=11, sampling=sampling, seed=3,
+                      tokens_per_dispatch=per_dispatch)
+    assert result.tokens == expected
+    np.testing.assert_array_equal(np.asarray(result.state.position),
+                                  np.asarray(state.position))
+    np.testing.assert_allclose(np.asarray(result.state.block_k),
+                               np.asarray(state.block_k), atol=1e-6)

@@ -268,3 +268,19 @@ def test_one_compilation_serves_any_stream_length():
       _, state = streaming.decode_step(params, cfg, state, [1])
   # One executable for block-sized chunks, one for single tokens.
   assert streaming._jit_step._cache_size() - before == 2
+
+
+def test_full_attention_compiles_per_bucket_not_per_token():
+  """A full-attention stream attends to the filled part of its KV cache,
+  rounded up to a power of two: decoding 300 tokens compiles two steps (256
+  and 512 slots), not one per token, and never reaches the 2048 capacity."""
+  cfg = tiny_config(attention="full", num_layers=1, d_model=16, mlp_dim=16)
+  _, params = init_params(cfg)
+  assert [streaming.attended_slots(cfg, 2048, e) for e in (1, 256, 257, 3000)] \
+      == [256, 256, 512, 2048]
+  state = streaming.init_state(params, cfg, 1, capacity=2048)
+  _, state = streaming.prefill(params, cfg, state, random_tokens(cfg, 1, 5))
+  before = streaming._jit_step._cache_size()
+  for t in range(300):
+    _, state = streaming.decode_step(params, cfg, state, [t % cfg.vocab_size])
+  assert streaming._jit_step._cache_size() - before == 2
