@@ -235,7 +235,10 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
                          messages=main_process)
   if step == 0 and (train_cfg.eval_tasks or train_cfg.decode_tasks
                     or train_cfg.perplexity_files):
+    bar.message("evaluating before training (compiling first)")
     run_eval(0)  # before any training: the baseline
+  bar.message(f"{'training' if step == 0 else f'resuming at step {step}'}: "
+              "the first step compiles, then the progress line follows")
   evaluated = {}
   pending = None  # (step, metrics) of the step dispatched last
   stopped_by = None
