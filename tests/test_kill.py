@@ -35,8 +35,14 @@ def _child(args, kill_at=None):
   env.pop(atomic.KILL_ENV, None)
   if kill_at:
     env[atomic.KILL_ENV] = kill_at
-  return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                        timeout=300, env=env)
+  # Ctrl-C as in a terminal: a pytest-xdist worker ignores SIGINT, and an
+  # ignored signal would stay ignored in the child (exec keeps SIG_IGN).
+  ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+  finally:
+    signal.signal(signal.SIGINT, ignored)
 
 
 def _assert_same(a, b):
