@@ -15,11 +15,12 @@ script can be stopped and restarted. Prints a table and writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
+
+from fam_jax.train import observe
 
 GIN = "train/smollm2_fam_lora.gin"
 METRIC = "botchan_chapter1.txt/perplexity"
@@ -37,13 +38,8 @@ def run(attention: str, args) -> str:
   return model_dir
 
 
-def records(model_dir: str) -> list[dict]:
-  with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
 def summarize(model_dir: str) -> dict:
-  rows = records(model_dir)
+  rows = observe.read_metrics(model_dir)
   evals = [(r["step"], r[METRIC]) for r in rows if METRIC in r]
   train = [r for r in rows if r["split"] == "train"]
   seconds = [r["step_seconds"] for r in train if "step_seconds" in r]
