@@ -23,6 +23,9 @@ Registered tasks:
   split, 100-example "validation".
 - `fam_passkey_train_short`: as `fam_passkey_train` with 256-1024 filler
   tokens, for small models and CPU runs (`gin_configs/train/tiny_passkey.gin`).
+- `fam_passkey_train_near`, `fam_passkey_train_far`: fillers of 0-64 and
+  64-768 tokens, the prompt weighted 0.1 in the loss: the two stages of the
+  from-scratch CPU-scale model of `benchmarks/passkey.py`.
 - `fam_passkey_{1k,4k,16k,64k,256k}`: evaluation, filler of
   [L - 32, L] tokens, `inputs`/`targets` features, metric
   `passkey_accuracy`; "validation" and "test" splits of 100 examples.
@@ -31,6 +34,7 @@ Example `i` of a split depends only on (seed, split name, filler range, i).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import zlib
 from typing import Iterator, Mapping, Optional, Sequence
@@ -55,6 +59,11 @@ KEY_RANGE = (1, 50000)
 
 TRAIN_FILLER_TOKENS = (2048, 18432)
 SHORT_TRAIN_FILLER_TOKENS = (256, 1024)
+# From-scratch training at CPU scale (benchmarks/passkey.py): first fillers
+# that fit in any window, then longer ones; the prompt weighs 0.1 in the loss.
+NEAR_FILLER_TOKENS = (0, 64)
+FAR_FILLER_TOKENS = (64, 768)
+SCRATCH_PROMPT_WEIGHT = 0.1
 EVAL_FILLER_LENGTHS = {"1k": 1024, "4k": 4096, "16k": 16384, "64k": 65536,
                        "256k": 262144}
 EVAL_TOLERANCE = 32  # Evaluation fillers hold [L - 32, L] tokens.
@@ -196,8 +205,8 @@ def register_passkey_task(name: str, filler_tokens: tuple[int, int], *,
 def register_passkey_training_task(
     name: str, filler_tokens: tuple[int, int] = TRAIN_FILLER_TOKENS, *,
     seed: int = DEFAULT_SEED,
-    num_examples: Optional[Mapping[str, Optional[int]]] = None
-) -> seqio.Task:
+    num_examples: Optional[Mapping[str, Optional[int]]] = None,
+    prompt_weight: float = 0.0) -> seqio.Task:
   """Registers a PassKey training task (LM `targets` and `loss_weights`).
 
   Args:
@@ -206,6 +215,10 @@ def register_passkey_training_task(
     seed: base seed of the examples.
     num_examples: split -> examples (None: endless); default an endless
       "train" and a 100-example "validation".
+    prompt_weight: loss weight of the prompt's tokens (the answer and EOS
+      weigh 1). 0 trains the answer alone; a small model trained from scratch
+      learns to copy sooner with some weight on the prompt, whose key line
+      repeats the key and whose filler repeats itself.
 
   Returns:
     The task. Each example is one row, padded to `sequence_length["targets"]`;
@@ -228,7 +241,10 @@ def register_passkey_training_task(
       name, source=source,
       output_features=recipe.lm_output_features(
           vocabularies.CONFIGURED_VOCABULARY),
-      preprocessors=[rename, recipe.to_lm_example, check_length, recipe.pad])
+      preprocessors=[rename,
+                     functools.partial(recipe.to_lm_example,
+                                       prompt_weight=prompt_weight),
+                     check_length, recipe.pad])
 
 
 def register_all() -> None:
@@ -236,6 +252,11 @@ def register_all() -> None:
   register_passkey_training_task("fam_passkey_train")
   register_passkey_training_task("fam_passkey_train_short",
                                  SHORT_TRAIN_FILLER_TOKENS)
+  # The two stages of benchmarks/passkey.py at CPU scale: copy, then memory.
+  register_passkey_training_task("fam_passkey_train_near", NEAR_FILLER_TOKENS,
+                                 prompt_weight=SCRATCH_PROMPT_WEIGHT)
+  register_passkey_training_task("fam_passkey_train_far", FAR_FILLER_TOKENS,
+                                 prompt_weight=SCRATCH_PROMPT_WEIGHT)
   for label, length in EVAL_FILLER_LENGTHS.items():
     register_passkey_task(f"fam_passkey_{label}",
                           (length - EVAL_TOLERANCE, length))

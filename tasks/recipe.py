@@ -40,17 +40,19 @@ def lm_output_features(vocabulary: seqio.Vocabulary
 
 
 def to_lm_example(dataset: tf.data.Dataset,
-                  output_features: Mapping[str, seqio.Feature]
-                  ) -> tf.data.Dataset:
+                  output_features: Mapping[str, seqio.Feature],
+                  prompt_weight: float = 0.0) -> tf.data.Dataset:
   """Text `inputs`/`targets` -> one decoder-only sequence with loss weights.
 
   Args:
     dataset: examples with string `inputs` and `targets`.
     output_features: gives the vocabulary of `targets`.
+    prompt_weight: the loss weight of the inputs' tokens (0: the answer alone
+      is trained, as in instruction tuning).
 
   Returns:
     Examples `{targets: ids(inputs) + ids(targets) + [EOS], loss_weights}`,
-    weights 0 on the inputs' tokens and 1 on the rest.
+    weights `prompt_weight` on the inputs' tokens and 1 on the rest.
   """
   vocab = output_features["targets"].vocabulary
 
@@ -59,7 +61,7 @@ def to_lm_example(dataset: tf.data.Dataset,
     answer = tf.cast(vocab.encode_tf(example["targets"]), tf.int32)
     return {
         "targets": tf.concat([prompt, answer, [vocab.eos_id]], 0),
-        "loss_weights": tf.concat([tf.zeros(tf.shape(prompt), tf.float32),
+        "loss_weights": tf.concat([tf.fill(tf.shape(prompt), prompt_weight),
                                    tf.ones(tf.size(answer) + 1, tf.float32)],
                                   0)}
 

@@ -76,11 +76,13 @@ def test_eval_prompts_are_never_cut():
     read("fam_passkey_1k", "test", {"inputs": 1000, "targets": 16}, 1)
 
 
-@pytest.mark.parametrize("name,filler", [
-    ("fam_passkey_train", (2048, 18432)),  # 2k-18k, the paper's.
-    ("fam_passkey_train_short", (256, 1024)),
+@pytest.mark.parametrize("name,filler,prompt_weight", [
+    ("fam_passkey_train", (2048, 18432), 0.0),  # 2k-18k, the paper's.
+    ("fam_passkey_train_short", (256, 1024), 0.0),
+    ("fam_passkey_train_near", (0, 64), 0.1),
+    ("fam_passkey_train_far", (64, 768), 0.1),
 ])
-def test_training_task_rows(name, filler):
+def test_training_task_rows(name, filler, prompt_weight):
   low, high = filler
   length = high + 400
   for ex in read(name, "train", {"targets": length}, 3):
@@ -93,14 +95,15 @@ def test_training_task_rows(name, filler):
     key, filler_tokens = check_prompt(prompt.rsplit(" ", 1)[0])
     assert prompt.endswith(f"{TAIL} {key}")
     assert low <= filler_tokens <= high
-    # Loss only on the answer " {key}" and the EOS.
+    # Weight 1 on the answer " {key}" and the EOS, prompt_weight before.
     answer = len(f" {key}") + 1
-    np.testing.assert_array_equal(weights[:used - answer], 0)
+    np.testing.assert_allclose(weights[:used - answer], prompt_weight)
     np.testing.assert_array_equal(weights[used - answer:used], 1)
+  short = max(low - 48, 16)
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=f"{name}: an example is longer than the "
-                     f"row length {low - 48}"):
-    read(name, "train", {"targets": low - 48}, 1)
+                     f"row length {short}"):
+    read(name, "train", {"targets": short}, 1)
 
 
 def test_examples_are_deterministic_and_splits_differ():

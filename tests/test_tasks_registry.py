@@ -10,7 +10,8 @@ import fam_jax.tasks  # noqa: F401  (registers the tasks)
 # Each of these is read end to end in test_tasks_{passkey,flan,long_context,text}.py;
 # a new registration must be added here and get such a test.
 TASKS = {
-    "fam_passkey_train", "fam_passkey_train_short", "fam_passkey_1k",
+    "fam_passkey_train", "fam_passkey_train_short", "fam_passkey_train_near",
+    "fam_passkey_train_far", "fam_passkey_1k",
     "fam_passkey_4k", "fam_passkey_16k", "fam_passkey_64k", "fam_passkey_256k",
     "fam_flan_flan2021", "fam_flan_t0", "fam_flan_niv2", "fam_flan_cot",
     "fam_flan_dialog", "fam_flan_packed",

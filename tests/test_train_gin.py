@@ -57,3 +57,26 @@ def test_smollm2_run_overrides_what_fine_tuning_adds():
       "attention": "bswa", "block_size": 128, "memory_segments": 1,
       "fam_length": 16, "lora_rank": 64, "remat": "none"}
   gin.clear_config()
+
+
+def test_passkey_runs_differ_only_in_the_attention():
+  """benchmarks/passkey.py's twins: same shapes, windows, data and steps."""
+  runs = {a: configs("train/passkey_cpu.gin", f"ATTENTION = '{a}'")
+          for a in ("fam", "bswa")}
+  (fam_train, fam), (bswa_train, bswa) = runs["fam"], runs["bswa"]
+  assert (fam.attention, bswa.attention) == ("fam", "bswa")
+  assert fam.replace(attention="bswa") == bswa
+  assert fam_train == bswa_train.__class__(
+      **{**vars(bswa_train), "model_overrides": {"attention": "fam"}})
+  assert (fam.num_layers, fam.block_size, fam.memory_segments,
+          fam.fam_length, fam.d_model) == (2, 64, 3, 8, 128)
+  assert fam_train.mixture_or_task_name == "fam_passkey_train_near"
+  memory, _ = configs("train/passkey_cpu.gin",
+                      "STAGE_TASK = 'fam_passkey_train_far'")
+  assert memory.mixture_or_task_name == "fam_passkey_train_far"
+  smollm2_train, smollm2 = configs("train/passkey_smollm2.gin")
+  assert smollm2_train.mixture_or_task_name == "fam_passkey_train"
+  assert smollm2_train.model_overrides["block_size"] == 1024
+  assert (smollm2_train.model_overrides["memory_segments"],
+          smollm2_train.model_overrides["fam_length"]) == (3, 64)
+  gin.clear_config()
