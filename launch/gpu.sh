@@ -38,6 +38,7 @@ options:
   --port P              coordinator port (default 12355)
   --python PY           the Python that runs the trainer (default python3)
   --cpu_devices K       --local: each process is a CPU process with K devices
+                        (added to XLA_FLAGS)
   --gpus_per_process G  --local: process i sees GPUs i*G .. i*G+G-1
   --remote_dir DIR      --hosts: the checkout on every host (default: $REPO)
   --log_dir DIR         each process's output to DIR/process_<i>.log
@@ -236,8 +237,8 @@ case $mode in
       trainer_command "$i" "$local_n" "localhost:$port"
       env_vars=()
       if [[ -n $cpu_devices ]]; then
-        env_vars=(JAX_PLATFORMS=cpu
-                  "XLA_FLAGS=--xla_force_host_platform_device_count=$cpu_devices")
+        # Added to the XLA_FLAGS this script was given, if any.
+        env_vars=(JAX_PLATFORMS=cpu "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$cpu_devices")
       elif [[ -n $gpus_per_process ]]; then
         gpus=$(seq -s, $((i * gpus_per_process)) $(((i + 1) * gpus_per_process - 1)))
         env_vars=("CUDA_VISIBLE_DEVICES=$gpus")
