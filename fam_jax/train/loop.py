@@ -21,6 +21,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 from flax import linen as nn
+from jax.experimental import multihost_utils
 
 from fam_jax import atomic, checkpoint, gin_utils, lora, sharding
 from fam_jax.config import FamConfig
@@ -292,8 +293,12 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
   checkpoints.wait()
   checkpoints.close()
   if step == train_cfg.train_steps and stopped_by is None:
-    if train_cfg.export_merged and main_process:
-      bar.message(f"exported {export(model_dir, state.params, cfg)}")
+    if train_cfg.export_merged:
+      # Every process takes part in gathering the params (sharded over
+      # processes, they are not all on process 0); process 0 writes them.
+      params = multihost_utils.process_allgather(state.params, tiled=True)
+      if main_process:
+        bar.message(f"exported {export(model_dir, params, cfg)}")
     if main_process:
       observe.plot_loss(model_dir)
   log.close()
