@@ -10,7 +10,11 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
+
+from fam_jax import checkpoint
+from util import rel_err
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU = os.path.join(REPO, "launch", "gpu.sh")
@@ -192,14 +196,16 @@ def test_tpu_bad_flags(change, message):
 # --- a real 2-process run --------------------------------------------------
 
 # tiny_passkey.gin's model on 64-byte rows of the test fixture's text, 3 steps,
-# no evaluation, over a data=2 × fsdp=2 × tensor=2 mesh of 8 CPU devices.
+# no evaluation, over an fsdp=4 × tensor=2 mesh of 8 CPU devices: the params
+# and optimizer state are sharded over both processes.
 _TRAINER_ARGS = [
     "--module_import=train_fixture", "--no_progress", "--gin.TrainConfig.mixture_or_task_name='test_text_hamlet'",
     "--gin.TrainConfig.sequence_length=64", "--gin.TrainConfig.batch_size=8",
     "--gin.TrainConfig.train_steps=3", "--gin.TrainConfig.eval_every=0",
     "--gin.TrainConfig.decode_tasks=[]", "--gin.TrainConfig.log_every=1",
-    "--gin.TrainConfig.mesh_fsdp=2", "--gin.TrainConfig.mesh_tensor=2",
-    "--gin.FamConfig.remat='none'",
+    "--gin.TrainConfig.mesh_data=1", "--gin.TrainConfig.mesh_fsdp=4",
+    "--gin.TrainConfig.mesh_tensor=2",
+    "--gin.FamConfig.remat='none'", "--gin.TrainConfig.export_merged=True",
 ]
 
 
@@ -239,10 +245,12 @@ def _losses(tmp_path, name, proc):
   return [r["loss"] for r in rows if r["split"] == "train"]
 
 
+@pytest.mark.multiprocess
 def test_two_processes_train_like_one(tmp_path):
   """REAL multi-process run: launch/gpu.sh --local 2 --cpu_devices 4 starts two
   fam-train processes joined by jax.distributed (gloo collectives on CPU); the
-  losses of their 3 steps equal those of one process with 8 devices."""
+  losses of their 3 steps equal those of one process with 8 devices, and so do
+  the exported parameters."""
   started = time.perf_counter()
   # Both at once: the 2-process run spends much of its time waiting on itself.
   two = _start(tmp_path, "two", processes=2, devices=4)
@@ -254,3 +262,10 @@ def test_two_processes_train_like_one(tmp_path):
         f"difference {difference:.2g}, {time.perf_counter() - started:.0f} s")
   assert len(two_losses) == len(one_losses) == 3
   assert difference <= 1e-5
+  # The export gathers params sharded over both processes; they match.
+  two_params, _ = checkpoint.load_checkpoint(str(tmp_path / "two" / "export"))
+  one_params, _ = checkpoint.load_checkpoint(str(tmp_path / "one" / "export"))
+  errors = [rel_err(a, b) for a, b in zip(jax.tree_util.tree_leaves(two_params),
+                                          jax.tree_util.tree_leaves(one_params))]
+  print(f"exported parameters: largest relative difference {max(errors):.2g}")
+  assert max(errors) <= 1e-5
