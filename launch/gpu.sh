@@ -13,8 +13,8 @@
 # /--process_id, or as t5x.train's --multiprocess_gpu --coordinator_address
 # --process_count --process_index. --dry-run prints each command, shell-quoted,
 # one a line, and runs nothing. The script waits for every process, stops the
-# others when one fails, exits non-zero if any failed, and forwards SIGTERM and
-# SIGINT to the processes (fam-train then saves a checkpoint and stops).
+# others when one fails, exits non-zero if any failed, and passes SIGTERM and
+# SIGINT on to the processes as SIGTERM (fam-train saves a checkpoint, stops).
 set -euo pipefail
 
 PROG=launch/gpu.sh
@@ -193,7 +193,7 @@ wait_all() {
   while [[ $remaining -gt 0 ]]; do
     done_pid=""
     if wait -n -p done_pid; then rc=0; else rc=$?; fi
-    [[ -n $done_pid ]] || continue  # a signal arrived (forwarded by the trap)
+    [[ -n ${done_pid:-} ]] || continue  # a signal arrived (forwarded by the trap)
     remaining=$((remaining - 1))
     if [[ $rc -ne 0 && $status -eq 0 ]]; then
       status=$rc
@@ -215,8 +215,9 @@ run_processes() {  # the commands in `commands` (one quoted line each)
     return 0
   fi
   [[ -z $log_dir ]] || mkdir -p "$log_dir"
-  trap 'forward TERM' TERM
-  trap 'forward INT' INT
+  # SIGINT too becomes SIGTERM: processes started in the background of a
+  # script ignore SIGINT (a Python then has no KeyboardInterrupt handler).
+  trap 'forward TERM' TERM INT
   local i
   for i in "${!commands[@]}"; do
     eval "local -a argv=(${commands[$i]})"

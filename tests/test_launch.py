@@ -5,6 +5,7 @@ flag errors, and a real 2-process jax.distributed run of fam-train on localhost
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -269,3 +270,57 @@ def test_two_processes_train_like_one(tmp_path):
                                           jax.tree_util.tree_leaves(one_params))]
   print(f"exported parameters: largest relative difference {max(errors):.2g}")
   assert max(errors) <= 1e-5
+
+
+# --- gpu.sh's process handling, with a stand-in trainer --------------------
+
+# Called as `PY -m fam_jax.cli.train ... --process_id=I`: records SIGTERM in
+# $OUT/I; exits with $FAIL_<I> if that is set (once the 2 others have started),
+# else waits for SIGTERM.
+_FAKE_TRAINER = """#!/usr/bin/env bash
+for arg in "$@"; do [[ $arg == --process_id=* ]] && id=${arg#*=}; done
+trap 'echo TERM > "$OUT/$id"; exit 0' TERM
+fail=FAIL_$id
+if [[ -n ${!fail:-} ]]; then
+  until [[ $(find "$OUT" -name '*.started' | wc -l) -ge 2 ]]; do sleep 0.05; done
+  exit "${!fail}"
+fi
+echo started > "$OUT/$id.started"
+sleep 60 >/dev/null 2>&1 & wait
+"""
+
+
+def _fake(tmp_path, **env):
+  trainer = tmp_path / "trainer.sh"
+  trainer.write_text(_FAKE_TRAINER)
+  trainer.chmod(0o755)
+  return subprocess.Popen(
+      [GPU, "--local", "3", "--cpu_devices", "1", "--python", str(trainer),
+       "--gin_file=g.gin", "--model_dir=m", "--port", str(_free_port())],
+      cwd=tmp_path, env=dict(os.environ, OUT=str(tmp_path), **env),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(paths, timeout=20):
+  deadline = time.monotonic() + timeout
+  while not all(p.exists() for p in paths):
+    assert time.monotonic() < deadline, f"not all of {paths} appeared"
+    time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_gpu_forwards_sigterm_and_sigint_as_sigterm(tmp_path, sig):
+  proc = _fake(tmp_path)
+  _wait_for([tmp_path / f"{i}.started" for i in range(3)])
+  proc.send_signal(sig)
+  _, stderr = proc.communicate(timeout=20)
+  assert proc.returncode == 0, stderr
+  assert [(tmp_path / str(i)).read_text() for i in range(3)] == ["TERM\n"] * 3
+
+
+def test_gpu_stops_the_others_when_one_fails(tmp_path):
+  proc = _fake(tmp_path, FAIL_1="3")
+  _, stderr = proc.communicate(timeout=20)
+  assert proc.returncode == 3
+  assert "process 1 exited with status 3" in stderr
+  assert [(tmp_path / str(i)).exists() for i in range(3)] == [True, False, True]
