@@ -134,6 +134,7 @@ fi
 local_repo=0
 if [[ -d $repo ]]; then
   local_repo=1
+  repo=$(cd "$repo" && pwd)
   [[ -z $branch ]] || die "--branch is for a git URL --repo; a local --repo is copied as committed (HEAD)"
 elif [[ ! $repo =~ ^(https://|git@|ssh://) ]]; then
   die "--repo must be a git URL (https://, git@, ssh://) or an existing directory; got '$repo'"
