@@ -308,7 +308,8 @@ def _wait_for(paths, timeout=20):
     time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGTERM", "SIGINT"])
 def test_gpu_forwards_sigterm_and_sigint_as_sigterm(tmp_path, sig):
   proc = _fake(tmp_path)
   _wait_for([tmp_path / f"{i}.started" for i in range(3)])
