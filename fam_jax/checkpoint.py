@@ -59,8 +59,18 @@ def orbax_checkpointer() -> ocp.Checkpointer:
   """For saving. Synchronous: a save has finished (or failed) when it returns,
   so no background thread is left writing when the process is interrupted.
   (Reads use ocp.StandardCheckpointer: after a failed read, the synchronous
-  one's pending tensorstore callbacks print tracebacks.)"""
-  return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  one's pending tensorstore callbacks print tracebacks.)
+
+  It involves this process alone: a fam-jax checkpoint is written by one
+  process (fam-convert; fam-train's export, by process 0), and orbax by default
+  waits at barriers for every process of a multi-process run."""
+  me = jax.process_index()
+  alone = ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me},
+      barrier_sync_key_prefix=f"fam_jax_checkpoint_{me}")
+  return ocp.Checkpointer(
+      ocp.StandardCheckpointHandler(multiprocessing_options=alone),
+      multiprocessing_options=alone)
 
 
 def restore_arrays(path: str, what: str, target: Any = None,

@@ -1,11 +1,17 @@
 """Batches for fam-train from seqio tasks and mixtures (needs the `data` extra).
 
-Every process reads its own shard of the data (`seqio.ShardInfo(process_index,
-process_count)`) and builds its rows of the global batch; `global_batch` turns
-them into arrays sharded over the mesh. The pipeline is deterministic given the
-seed, so the data position of a run is the number of batches it has consumed: a
-resumed run rebuilds the pipeline and skips that many batches (input-pipeline
-work only; no model computation is repeated).
+Every process runs the same pipeline and reads the same global batches;
+`global_batch` keeps, in each process, the rows its own devices hold. So the data
+of a run does not depend on how many processes run it: 2 hosts train on what 1
+host would, a run resumes on another number of hosts, every process sees the same
+number of eval batches (none waits in a collective the others never reach), and
+a task with fewer files than hosts still feeds every host. The price is that each
+host reads and tokenizes the whole batch, small next to a fine-tuning step;
+t5x's per-host sharded reading is the choice for pretraining-scale input.
+The pipeline is deterministic given the seed, so the data position of a run is
+the number of batches it has consumed: a resumed run rebuilds the pipeline and
+skips that many batches (input-pipeline work only; no model computation is
+repeated).
 """
 
 from __future__ import annotations
@@ -75,30 +81,26 @@ def output_vocabulary(name: str):
 
 
 def lm_dataset(name: str, split: str, sequence_length: int, rows: int, *,
-               shuffle: bool, seed: int, repeat: bool,
-               shard_index: int = 0, num_shards: int = 1,
-               skip_batches: int = 0):
+               shuffle: bool, seed: int, repeat: bool, skip_batches: int = 0):
   """A tf.data pipeline of numpy batches {feature: [rows, sequence_length]}.
 
   Args:
     name: task or mixture.
     split: its split.
     sequence_length: the `targets` length.
-    rows: rows per batch of this process.
+    rows: rows per batch (the global batch: every process reads all of it).
     shuffle, seed: seqio's shuffling and preprocessing seed.
     repeat: cycle forever (training) or read the split once (evaluation; the
       last batch is padded with weight-0 rows).
-    shard_index, num_shards: this process's shard of the data.
     skip_batches: batches to skip (the data position of a resumed run).
   """
-  seqio = import_seqio()
+  import_seqio()
   from fam_jax.tasks.features import FamFeatureConverter  # pylint: disable=g-import-not-at-top
   task = get_task(name)
   lengths = {"targets": sequence_length}
   dataset = task.get_dataset(
       lengths, split=split, shuffle=shuffle, seed=seed,
-      num_epochs=None if repeat else 1, use_cached=False,
-      shard_info=seqio.ShardInfo(shard_index, num_shards))
+      num_epochs=None if repeat else 1, use_cached=False)
   dataset = FamFeatureConverter(pack=True)(dataset, lengths)
   dataset = dataset.map(lambda ex: {k: ex[k] for k in BATCH_FEATURES})
   if repeat:
@@ -137,10 +139,12 @@ def check_batch(batch: Mapping[str, np.ndarray], vocab_size: int, task: str,
           "; the task's vocabulary does not fit the model")
 
 
-def global_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-  """This process's rows -> global arrays sharded over the mesh's batch axes."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local.items()}
+def global_batch(batch: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """The global batch (the same in every process) -> arrays sharded over the
+  mesh; each process places only the rows of its own devices."""
+  return {k: jax.make_array_from_callback(v.shape, sharding,
+                                          lambda index, v=v: v[index])
+          for k, v in ((k, np.asarray(v)) for k, v in batch.items())}
 
 
 def numpy_batches(dataset) -> Iterator[dict[str, np.ndarray]]:
@@ -156,18 +160,3 @@ def numpy_batches(dataset) -> Iterator[dict[str, np.ndarray]]:
     except tf.errors.OpError as e:
       raise DataError(e.message.strip().splitlines()[0]) from None
     yield dict(batch)
-
-
-def process_shard() -> tuple[int, int]:
-  """(index, count) of this process's data shard."""
-  return jax.process_index(), jax.process_count()
-
-
-def rows_per_process(global_rows: int, what: str = "TrainConfig.batch_size"
-                     ) -> int:
-  count = jax.process_count()
-  if global_rows % count:
-    raise DataError(f"{what}={global_rows} does not divide over {count} "
-                    "processes")
-  return global_rows // count
-

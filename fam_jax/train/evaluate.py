@@ -29,16 +29,14 @@ def lm_metrics(eval_step: Callable, params, task: str, split: str,
                sequence_length: int, batch_size: int, num_batches: int,
                batch_sharding, seed: int = 0) -> dict[str, float]:
   """Loss, perplexity and accuracy over up to `num_batches` batches of a split."""
-  index, count = data.process_shard()
-  rows = data.rows_per_process(batch_size)
-  dataset = data.lm_dataset(task, split, sequence_length, rows, shuffle=False,
-                            seed=seed, repeat=False, shard_index=index,
-                            num_shards=count)
+  dataset = data.lm_dataset(task, split, sequence_length, batch_size,
+                            shuffle=False, seed=seed, repeat=False)
   total = None
   for i, batch in enumerate(data.numpy_batches(dataset)):
     if i == num_batches:
       break
-    batch = data.global_batch(data.pad_rows(batch, rows), batch_sharding)
+    batch = data.global_batch(data.pad_rows(batch, batch_size),
+                              batch_sharding)
     sums = eval_step(params, batch)
     total = sums if total is None else total + sums
   if total is None:

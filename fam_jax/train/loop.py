@@ -21,6 +21,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 from flax import linen as nn
+from jax.experimental import multihost_utils
 
 from fam_jax import atomic, checkpoint, gin_utils, lora, sharding
 from fam_jax.config import FamConfig
@@ -73,7 +74,6 @@ def _check_divisible(train_cfg: TrainConfig, mesh) -> None:
         f"grad_accumulation_steps={train_cfg.grad_accumulation_steps} = "
         f"{train_cfg.microbatch_size} rows per microbatch do not divide over the "
         f"mesh's data × fsdp = {ways} batch shards")
-  data.rows_per_process(train_cfg.batch_size)
 
 
 def _write_run_files(model_dir: str, cfg: FamConfig, gin_text: str,
@@ -187,13 +187,15 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
   if latest is not None:
     state, meta = checkpoints.restore(latest, layout.abstract_state)
     consumed = int(meta["batches_consumed"])
-  index, count = data.process_shard()
-  rows = data.rows_per_process(train_cfg.batch_size)
   batches = data.numpy_batches(data.lm_dataset(
-      train_cfg.mixture_or_task_name, "train", train_cfg.sequence_length, rows,
-      shuffle=train_cfg.shuffle, seed=train_cfg.seed, repeat=True,
-      shard_index=index, num_shards=count, skip_batches=consumed))
-  first = next(batches)
+      train_cfg.mixture_or_task_name, "train", train_cfg.sequence_length,
+      train_cfg.batch_size, shuffle=train_cfg.shuffle, seed=train_cfg.seed,
+      repeat=True, skip_batches=consumed))
+  first = next(batches, None)
+  if first is None:
+    raise data.DataError(
+        f"task {train_cfg.mixture_or_task_name!r} has fewer train rows than "
+        f"TrainConfig.batch_size={train_cfg.batch_size}")
   data.check_batch(first, cfg.vocab_size, train_cfg.mixture_or_task_name,
                    train_cfg.sequence_length)
 
@@ -291,8 +293,12 @@ def train(model_dir: str, train_cfg: TrainConfig, *, gin_text: str = "",
   checkpoints.wait()
   checkpoints.close()
   if step == train_cfg.train_steps and stopped_by is None:
-    if train_cfg.export_merged and main_process:
-      bar.message(f"exported {export(model_dir, state.params, cfg)}")
+    if train_cfg.export_merged:
+      # Every process takes part in gathering the params (sharded over
+      # processes, they are not all on process 0); process 0 writes them.
+      params = multihost_utils.process_allgather(state.params, tiled=True)
+      if main_process:
+        bar.message(f"exported {export(model_dir, params, cfg)}")
     if main_process:
       observe.plot_loss(model_dir)
   log.close()
