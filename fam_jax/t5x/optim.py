@@ -29,6 +29,7 @@ import optax
 from flax import traverse_util
 from t5x import optimizers as t5x_optimizers
 
+from fam_jax.config import FamConfig
 from fam_jax.t5x.models import fam_config
 from fam_jax.train import init as train_init
 from fam_jax.train.config import TrainConfig
@@ -67,14 +68,16 @@ def trainable_labels(params, train_config: TrainConfig, cfg=None):
 
 
 @gin.configurable
-def fam_optimizer(train_config: Optional[TrainConfig] = None
+def fam_optimizer(train_config: Optional[TrainConfig] = None,
+                  cfg: Optional[FamConfig] = None
                   ) -> optax.GradientTransformation:
-  """fam-train's optimizer for TrainConfig (see the module doc)."""
+  """fam-train's optimizer for TrainConfig (see the module doc); `cfg`
+  defaults to the run's model (`models.fam_config`)."""
   train_config = train_config or TrainConfig()
   optimizer = make_optimizer(train_config.optimizer, train_config.train_steps)
   if train_config.finetune == "full":
     return optimizer
-  cfg = fam_config(train_config)
+  cfg = cfg if cfg is not None else fam_config(train_config)
   return optax.multi_transform(
       {TRAIN: optimizer, FROZEN: optax.set_to_zero()},
       lambda params: trainable_labels(params, train_config, cfg))

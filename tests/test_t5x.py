@@ -1,0 +1,383 @@
+"""fam-jax inside t5x: FamDecoderOnlyModel against fam-train's loss, fam-generate's
+decoding and FamLM's forward pass; decode memory against the prompt length; and
+`python -m t5x.train` / `t5x.infer` end to end on CPU (one run of each, sharing a
+checkpoint). Skipped without t5x."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import atexit
+
+import pytest
+
+pytest.importorskip("t5x")
+
+import flax  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import seqio  # noqa: E402
+from t5x import optimizers as t5x_optimizers  # noqa: E402
+from t5x import train_state as t5x_train_state  # noqa: E402
+
+from fam_jax import checkpoint, lora, streaming  # noqa: E402
+from fam_jax.cli.generate import main as generate_main  # noqa: E402
+from fam_jax.config import FamConfig  # noqa: E402
+from fam_jax.generate import generate  # noqa: E402
+from fam_jax.model import FamLM  # noqa: E402
+from fam_jax.t5x import checkpoints as t5x_checkpoints  # noqa: E402
+from fam_jax.t5x.models import FAM_STATE, FamDecoderOnlyModel  # noqa: E402
+from fam_jax.t5x.module import FamT5xDecoder  # noqa: E402
+from fam_jax.t5x.optim import fam_optimizer  # noqa: E402
+from fam_jax.train import step as train_step  # noqa: E402
+from fam_jax.train.config import TrainConfig  # noqa: E402
+from fam_jax.train.optimizer import (OptimizerConfig, learning_rate_schedule,  # noqa: E402
+                                     make_optimizer)
+from fam_jax.weights import ModelWeights  # noqa: E402
+
+import t5x_fixture  # noqa: E402
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+JAX_CACHE = tempfile.mkdtemp(prefix="fam_t5x_test_jax_cache_")
+atexit.register(shutil.rmtree, JAX_CACHE, ignore_errors=True)
+EOS = seqio.ByteVocabulary().eos_id
+
+# The trainer tests' tiny FAM model, with LoRA.
+CFG = FamConfig(vocab_size=259, num_layers=2, d_model=32, num_heads=4,
+                num_kv_heads=2, mlp_dim=64, attention="fam", block_size=16,
+                memory_segments=1, fam_length=4, lora_rank=4, remat="none")
+
+
+def _model(cfg=CFG, train_config=None, optimizer=None):
+  train_config = train_config or TrainConfig(finetune="lora")
+  optimizer = optimizer or fam_optimizer(train_config, cfg)
+  return FamDecoderOnlyModel(FamT5xDecoder(cfg), seqio.ByteVocabulary(),
+                             t5x_optimizers.OptaxWrapper(optimizer),
+                             train_config=train_config)
+
+
+def _params(cfg=CFG, seed=0):
+  variables = FamT5xDecoder(cfg).init(
+      jax.random.PRNGKey(seed), jnp.ones((1, 1), jnp.float32),
+      jnp.ones((1, 1), jnp.float32), enable_dropout=False)
+  params = dict(variables["params"])
+  # Non-zero adapters, so that LoRA takes part in every comparison.
+  w = ModelWeights.from_params(params, cfg)
+  key = jax.random.PRNGKey(seed + 1)
+  adapted = {}
+  for name, p in w.layers.projections().items():
+    key, sub = jax.random.split(key)
+    adapted[name] = p.replace(lora_b=0.05 * jax.random.normal(sub, p.lora_b.shape))
+  return w.replace(layers=w.layers.replace(**adapted)).to_params()
+
+
+def _packed_batch(batch=2, length=48, seed=3):
+  rng = np.random.default_rng(seed)
+  segments = np.ones((batch, length), np.int32)
+  segments[0, 30:] = 2
+  segments[1, 40:] = 0
+  positions = np.zeros((batch, length), np.int32)
+  for b in range(batch):
+    for s in np.unique(segments[b]):
+      where = segments[b] == s
+      positions[b, where] = np.arange(where.sum())
+  targets = rng.integers(3, 259, (batch, length)).astype(np.int32) * (segments > 0)
+  inputs = np.where(positions == 0, 0, np.roll(targets, 1, axis=1)) * (segments > 0)
+  weights = rng.choice([0.0, 0.1, 1.0], (batch, length)).astype(np.float32)
+  return {"decoder_input_tokens": jnp.asarray(inputs, jnp.int32),
+          "decoder_target_tokens": jnp.asarray(targets),
+          "decoder_segment_ids": jnp.asarray(segments),
+          "decoder_positions": jnp.asarray(positions),
+          "decoder_loss_weights": jnp.asarray(weights * (segments > 0))}
+
+
+def _prefix_batch(prompts, new_tokens):
+  """t5x's prefix-LM features for prompts (lists of ids), as seqio makes them."""
+  length = max(map(len, prompts)) + 1 + new_tokens
+  tokens = np.zeros((len(prompts), length), np.int32)
+  causal = np.zeros((len(prompts), length), np.int32)
+  for b, prompt in enumerate(prompts):
+    tokens[b, 1:len(prompt) + 1] = prompt
+    causal[b, :len(prompt) + 1] = 1
+  zeros = np.zeros_like(tokens)
+  return {"decoder_input_tokens": tokens, "decoder_causal_attention": causal,
+          "decoder_target_tokens": zeros, "decoder_loss_weights": zeros}
+
+
+def _until_eos(tokens):
+  tokens = [int(t) for t in tokens]
+  return tokens[:tokens.index(EOS)] if EOS in tokens else tokens
+
+
+def _fam_generate(params, cfg, prompt, new_tokens):
+  """fam_jax.generate's greedy tokens after `prompt` (its stop token dropped)."""
+  result = generate(params, cfg, streaming.init_state(params, cfg, 1),
+                    np.asarray([prompt], np.int32), max_new_tokens=new_tokens,
+                    stop_tokens=[EOS])
+  return result.tokens[0]
+
+
+# --- in-process: the model against its references --------------------------
+
+
+def test_loss_equals_fam_train_loss():
+  params = _params()
+  batch = _packed_batch()
+  # Evaluation: no randomisation; fam-train's eval step is the reference.
+  model = _model()
+  t5x_loss, _ = jax.jit(model.loss_fn)(params, batch, None)
+  fam_train = train_step.make_eval_step(CFG)(params, batch).normalize()["loss"]
+  assert abs(float(t5x_loss) - float(fam_train)) <= 1e-6, (t5x_loss, fam_train)
+
+  # Training: position offset (never 0 here) and the previous step's FAM
+  # (always passed here), against fam-train's train step with the same key.
+  train_config = TrainConfig(finetune="lora", zero_offset_probability=0.0,
+                             state_passing_probability=1.0, z_loss=1e-4)
+  model = _model(train_config=train_config)
+  fam = 0.5 * jax.random.normal(jax.random.PRNGKey(7), (
+      CFG.num_layers, 2, CFG.fam_length, CFG.d_model))
+  rng = jax.random.PRNGKey(11)
+  optimizer = make_optimizer(train_config.optimizer, train_config.train_steps)
+  mask = lora.trainable_mask(params)
+  trainable, _ = train_step.split_params(params, mask)
+  state = train_step.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                opt_state=optimizer.init(trainable), rng=rng,
+                                fam=fam, fam_valid=jnp.ones((), bool))
+  fam_step = train_step.make_train_step(
+      CFG, train_config, optimizer, mask,
+      learning_rate_schedule(train_config.optimizer, train_config.train_steps))
+  new_state, metrics = jax.jit(fam_step)(state, batch)
+  _, step_rng = jax.random.split(rng)  # the key fam-train's step draws with
+  mutables = {FAM_STATE: {"fam": fam, "valid": jnp.ones((), bool)}}
+  t5x_loss, (_, new_mutables) = jax.jit(model.loss_fn)(params, batch, step_rng,
+                                                       mutables)
+  assert abs(float(t5x_loss) - float(metrics["loss"])) <= 1e-6, (
+      t5x_loss, metrics["loss"])
+  assert abs(float(t5x_loss) - float(fam_train)) > 1e-3  # the tricks acted
+  np.testing.assert_allclose(new_mutables[FAM_STATE]["fam"], new_state.fam,
+                             atol=1e-6)
+  assert bool(new_mutables[FAM_STATE]["valid"])
+
+
+def test_greedy_decoding_equals_fam_generate():
+  params = _params()
+  model = _model()
+  rng = np.random.default_rng(5)
+  prompts = [list(rng.integers(3, 259, n)) for n in (37, 20)]
+  new_tokens = 12
+  decoded = np.asarray(jax.jit(model.predict_batch)(
+      params, _prefix_batch(prompts, new_tokens)))
+  for b, prompt in enumerate(prompts):
+    # t5x feeds BOS (0) before the prompt: fam-generate gets the same ids.
+    ours = _until_eos(decoded[b, :new_tokens])
+    reference = _fam_generate(params, CFG, [0] + prompt, new_tokens)
+    assert ours == reference[:len(ours)] and (
+        len(ours) == new_tokens or len(reference) == len(ours)), (b, ours,
+                                                                 reference)
+
+  # Temperature sampling through t5x's sampler: tokens in the vocabulary,
+  # reproducible from the key, not the greedy ones.
+  sample = jax.jit(lambda p, batch, key: model.predict_batch_with_aux(
+      p, batch, key, decoder_params={"temperature": 1.0, "topk": 0})[0])
+  batch = _prefix_batch(prompts, new_tokens)
+  first = np.asarray(sample(params, batch, jax.random.PRNGKey(1)))
+  again = np.asarray(sample(params, batch, jax.random.PRNGKey(1)))
+  np.testing.assert_array_equal(first, again)
+  assert ((first >= 0) & (first < CFG.vocab_size)).all()
+  assert not np.array_equal(first[:, :new_tokens], decoded[:, :new_tokens])
+
+
+def test_streamed_scores_equal_full_forward():
+  params = _params()
+  model = _model()
+  batch = _packed_batch()
+  unpacked = {k: batch[k] for k in ("decoder_input_tokens",
+                                    "decoder_target_tokens",
+                                    "decoder_loss_weights")}
+  scores = jax.jit(model.score_batch)(params, unpacked)
+  logits = FamLM(CFG).apply({"params": params}, unpacked["decoder_input_tokens"])
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  picked = jnp.take_along_axis(
+      log_probs, unpacked["decoder_target_tokens"][..., None], -1)[..., 0]
+  reference = jnp.sum(picked * unpacked["decoder_loss_weights"], axis=-1)
+  np.testing.assert_allclose(scores, reference, rtol=1e-5, atol=1e-4)
+
+
+def test_lora_leaves_the_base_model_unchanged():
+  """One t5x optimizer step (the paper's Adafactor behind OptaxWrapper, whose
+  state t5x can partition): adapters and FAM's embeddings move, the rest not."""
+  params = _params()
+  train_config = TrainConfig(finetune="lora",
+                             optimizer=OptimizerConfig(learning_rate=1e-2))
+  model = _model(train_config=train_config)
+  variables = flax.core.unfreeze(model.get_initial_variables(
+      jax.random.PRNGKey(0), {"decoder_input_tokens": (2, 16)}))
+  variables["params"] = params
+  state = t5x_train_state.FlaxOptimTrainState.create(
+      model.optimizer_def, flax.core.freeze(variables))
+  state.as_logical_axes()  # FactoredState is partitionable
+  grads = jax.tree_util.tree_map(jnp.ones_like, state.params)
+  new = jax.jit(lambda s, g: s.apply_gradient(g, learning_rate=None))(state,
+                                                                       grads)
+  mask = lora.trainable_mask(params)
+  moved = jax.tree_util.tree_map(
+      lambda a, b: bool(jnp.any(a != b)), params,
+      flax.core.unfreeze(new.params))
+  assert moved == mask
+
+
+def _decode_memory(cfg, prompt_length, new_tokens=8):
+  """Compiled memory of t5x's predict_batch for one prompt: (arguments,
+  temporaries, outputs) in bytes, and the streaming cache's bytes."""
+  model = _model(cfg, TrainConfig(finetune="full"))
+  params = jax.eval_shape(lambda: FamT5xDecoder(cfg).init(
+      jax.random.PRNGKey(0), jnp.ones((1, 1)), jnp.ones((1, 1)),
+      enable_dropout=False)["params"])
+  length = prompt_length + 1 + new_tokens
+  spec = jax.ShapeDtypeStruct((1, length), jnp.int32)
+  batch = {k: spec for k in ("decoder_input_tokens", "decoder_causal_attention",
+                             "decoder_target_tokens", "decoder_loss_weights")}
+  stats = jax.jit(model.predict_batch).lower(params, batch).compile(
+      ).memory_analysis()
+  cache = jax.eval_shape(lambda p: FamT5xDecoder(cfg).apply(
+      {"params": p}, jnp.ones((1, length), jnp.int32), None, decode=True,
+      mutable=["cache"])[1], params)
+  cache_bytes = sum(x.size * x.dtype.itemsize
+                    for x in jax.tree_util.tree_leaves(cache))
+  return (stats.argument_size_in_bytes, stats.temp_size_in_bytes,
+          stats.output_size_in_bytes, cache_bytes)
+
+
+def test_fam_decode_memory_does_not_grow_with_the_prompt(capsys):
+  cfg = FamConfig(vocab_size=259, num_layers=2, d_model=512, num_heads=8,
+                  mlp_dim=1024, attention="fam", block_size=256,
+                  memory_segments=1, fam_length=16, remat="none")
+  results = {}
+  for attention in ("fam", "full"):
+    for prompt in (2048, 32768):
+      results[attention, prompt] = _decode_memory(
+          cfg.replace(attention=attention), prompt)
+  with capsys.disabled():
+    for (attention, prompt), (args, temp, out, cache) in results.items():
+      print(f"\n[t5x decode memory] {attention} prompt {prompt}: arguments "
+            f"{args / 2**20:.2f} MiB, temporaries {temp / 2**20:.2f} MiB, "
+            f"outputs {out / 2**20:.2f} MiB, peak {(args + temp + out) / 2**20:.2f}"
+            f" MiB; decode cache {cache / 2**20:.2f} MiB")
+  peak = {k: sum(v[:3]) for k, v in results.items()}
+  assert results["fam", 2048][3] == results["fam", 32768][3]
+  assert peak["fam", 32768] <= 1.10 * peak["fam", 2048], peak
+  # The measure sees a cache that grows: full attention's KV cache.
+  assert results["full", 32768][3] >= 8 * results["full", 2048][3]
+  assert peak["full", 32768] >= 2 * peak["full", 2048], peak
+
+
+# --- subprocesses: t5x.train, then t5x.infer from its checkpoint -------------
+
+
+def _environment():
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env["PYTHONPATH"] = os.pathsep.join(
+      [TESTS] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+  return env
+
+
+def _run(module, *args, timeout=600):
+  result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
+                          env=_environment(), capture_output=True, text=True,
+                          timeout=timeout)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return result
+
+
+TRAIN_STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def t5x_run(tmp_path_factory):
+  """A t5x.train run of gin_configs/t5x/tiny_passkey.gin on Hamlet rows."""
+  model_dir = tmp_path_factory.mktemp("t5x") / "run"
+  result = _run(
+      "t5x.train", "--gin_file=gin_configs/t5x/tiny_passkey.gin",
+      f"--gin.MODEL_DIR='{model_dir}'",
+      f"--gin.MIXTURE_OR_TASK_NAME='{t5x_fixture.TRAIN_TASK}'",
+      "--gin.MIXTURE_OR_TASK_MODULE='t5x_fixture'",
+      "--gin.TASK_FEATURE_LENGTHS={'targets': 64}",
+      f"--gin.TRAIN_STEPS={TRAIN_STEPS}", "--gin.BATCH_SIZE=2",
+      f"--gin.EVAL_PERIOD={TRAIN_STEPS}")
+  return model_dir, result.stderr
+
+
+@pytest.fixture(scope="module")
+def t5x_predictions(t5x_run):
+  """t5x.infer of test_passkey_t5x from the run's checkpoint."""
+  model_dir, _ = t5x_run
+  output = model_dir.parent / "infer"
+  _run("t5x.infer", "--gin_file=gin_configs/t5x/tiny.gin",
+       "--gin_file=gin_configs/t5x/infer_passkey.gin",
+       f"--gin.CHECKPOINT_PATH='{model_dir}/checkpoint_{TRAIN_STEPS}'",
+       f"--gin.INFER_OUTPUT_DIR='{output}'",
+       f"--gin.MIXTURE_OR_TASK_NAME='{t5x_fixture.PASSKEY_TASK}'",
+       "--gin.MIXTURE_OR_TASK_MODULE='t5x_fixture'",
+       "--gin.TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 8}")
+  files = sorted(output.glob(f"{t5x_fixture.PASSKEY_TASK}-predict.jsonl*"))
+  files = [f for f in files if not f.name.endswith("COMPLETED")]
+  assert files, list(output.iterdir())
+  return [json.loads(line) for line in files[0].read_text().splitlines()]
+
+
+def _tiny_config():
+  return t5x_checkpoints.model_config(["t5x/tiny.gin"])
+
+
+def test_t5x_train_writes_checkpoints_and_evaluates(t5x_run):
+  model_dir, log = t5x_run
+  assert (model_dir / f"checkpoint_{TRAIN_STEPS}" / "state").is_dir()
+  evals = [line for line in log.splitlines() if "collection=training_eval" in line]
+  assert evals, log[-3000:]
+  loss = float(evals[-1].split(" loss=")[1].split(",")[0])
+  assert 0 < loss < 10, evals[-1]
+  assert (model_dir / "training_eval").is_dir()
+  # Random state passing: the FAM of the last step is in the checkpoint.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  state = ocp.PyTreeCheckpointer().restore(
+      str(model_dir / f"checkpoint_{TRAIN_STEPS}" / "state"))
+  fam_state = state["flax_mutables"][FAM_STATE]
+  assert bool(fam_state["valid"]) and np.abs(fam_state["fam"]).max() > 0
+
+
+def test_t5x_infer_decodes_passkey_like_fam_generate(t5x_run, t5x_predictions):
+  model_dir, _ = t5x_run
+  cfg = _tiny_config()
+  params = t5x_checkpoints.read_params(str(model_dir / f"checkpoint_{TRAIN_STEPS}"))
+  vocabulary = seqio.ByteVocabulary()
+  assert len(t5x_predictions) == 4
+  for example in t5x_predictions:
+    prompt = vocabulary.encode(example["inputs"]["inputs_pretokenized"])
+    assert 400 < len(prompt) <= 512
+    reference = _fam_generate(params, cfg, [0] + prompt, 8)
+    assert example["prediction"] == vocabulary.decode(reference)
+
+
+def test_t5x_checkpoint_streams_through_fam_generate(t5x_run, tmp_path, capsys):
+  model_dir, _ = t5x_run
+  source = str(model_dir / f"checkpoint_{TRAIN_STEPS}")
+  cfg = _tiny_config()
+  t5x_checkpoints.convert(source, str(tmp_path / "fam"), cfg)
+  params, loaded_cfg = checkpoint.load_checkpoint(str(tmp_path / "fam"))
+  assert loaded_cfg == cfg
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params,
+                         t5x_checkpoints.read_params(source))
+  prompt = "The pass key is 4242. Remember it."
+  capsys.readouterr()
+  assert generate_main(["--checkpoint", str(tmp_path / "fam"), "--prompt",
+                        prompt, "--max-new-tokens", "6", "--no-progress"]) == 0
+  out = capsys.readouterr().out
+  ids = seqio.ByteVocabulary().encode(prompt)
+  reference = seqio.ByteVocabulary().decode(_fam_generate(params, cfg, ids, 6))
+  assert out == reference + "\n"
