@@ -72,6 +72,29 @@ def fam_module(cfg: Optional[FamConfig] = None) -> FamT5xDecoder:
   return FamT5xDecoder(cfg if cfg is not None else fam_config())
 
 
+@gin.configurable
+def from_train_config(name: str, train_config: Optional[TrainConfig] = None):
+  """A value of the run's TrainConfig for t5x's macros, so that a t5x gin
+  restates nothing train/*.gin already says.
+
+  Args:
+    name: a TrainConfig field, or `task_feature_lengths` ({'targets':
+      sequence_length}) or `decode_task` (the first of decode_tasks).
+    train_config: default: the gin-bound TrainConfig.
+  """
+  train_config = train_config or TrainConfig()
+  if name == "task_feature_lengths":
+    return {"targets": train_config.sequence_length}
+  if name == "decode_task":
+    if not train_config.decode_tasks:
+      raise ValueError("TrainConfig.decode_tasks is empty: name a task to decode "
+                       "during fine-tuning (e.g. ['fam_passkey_4k'])")
+    return train_config.decode_tasks[0]
+  if not hasattr(train_config, name):
+    raise ValueError(f"from_train_config: TrainConfig has no field {name!r}")
+  return getattr(train_config, name)
+
+
 def _unfreeze(tree):
   return flax.core.unfreeze(tree) if isinstance(tree, flax.core.FrozenDict) else tree
 
