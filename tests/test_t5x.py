@@ -20,6 +20,7 @@ import flax  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 import seqio  # noqa: E402
 from t5x import optimizers as t5x_optimizers  # noqa: E402
 from t5x import train_state as t5x_train_state  # noqa: E402
@@ -392,3 +393,81 @@ def test_t5x_checkpoint_streams_through_fam_generate(t5x_run, tmp_path, capsys):
   decoder = IncrementalDecoder(tokenizer)  # how fam-generate prints tokens
   tokens = _fam_generate(params, cfg, tokenizer.encode(prompt), 6)
   assert out == "".join(decoder.push(t) for t in tokens) + decoder.flush() + "\n"
+
+
+# --- the gin files ------------------------------------------------------------
+
+
+def _parse_run(files, bindings, monkeypatch):
+  """Parses t5x run gins as t5x's programs do (their `__main__` functions)."""
+  import __main__  # pylint: disable=g-import-not-at-top
+  from t5x import eval as t5x_eval, infer as t5x_infer, train as t5x_train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from fam_jax.gin_utils import GIN_CONFIGS_DIR  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
+  for name, fn in (("train", t5x_train.train), ("evaluate", t5x_eval.evaluate),
+                   ("infer", t5x_infer.infer)):
+    monkeypatch.setattr(__main__, name, fn, raising=False)
+  gin.clear_config()
+  gin.add_config_file_search_path(
+      os.path.dirname(os.path.dirname(t5x_train.__file__)))
+  gin.add_config_file_search_path(str(GIN_CONFIGS_DIR))
+  gin.parse_config_files_and_bindings(list(files), list(bindings),
+                                      finalize_config=False)
+  return gin
+
+
+# (size, layers, learning rate, v5p submesh, v6e submesh): PAPER.md and
+# gin_configs/train/fam_*.gin.
+PAPER_RUNS = [("1b", 18, 1e-4, (1, 1, 1, 1), (1, 1, 1, 1)),
+              ("8b", 32, 3e-3, (2, 2, 1, 1), (2, 2, 1, 1)),
+              ("24b", 56, 3e-3, (2, 2, 2, 1), (2, 4, 1, 1))]
+
+
+@pytest.mark.parametrize("size,layers,lr,v5p,v6e", PAPER_RUNS)
+def test_paper_finetuning_gins_give_the_paper_recipe(size, layers, lr, v5p,
+                                                     v6e, monkeypatch):
+  from fam_jax.t5x import models  # pylint: disable=g-import-not-at-top
+  required = ["MODEL_DIR='/m'", "INITIAL_CHECKPOINT_PATH='/c'"]
+  gin = _parse_run([f"t5x/fam_{size}_finetune.gin"], required, monkeypatch)
+  cfg = models.fam_config()
+  assert (cfg.num_layers, cfg.lora_rank, cfg.attention, cfg.block_size,
+          cfg.fam_length, cfg.memory_segments) == (layers, 64, "fam", 1024, 64, 3)
+  train_config = TrainConfig()
+  assert (train_config.optimizer.name, train_config.optimizer.learning_rate,
+          train_config.optimizer.beta1, train_config.optimizer.beta2,
+          train_config.optimizer.schedule) == ("adafactor", lr, 0.9, 0.99,
+                                               "constant")
+  assert train_config.finetune == "lora"
+  assert [models.from_train_config(n) for n in (
+      "mixture_or_task_name", "task_feature_lengths", "batch_size",
+      "train_steps")] == ["fam_flan_packed", {"targets": 8704}, 128, 50000]
+  assert gin.query_parameter("%V5P_SUBMESH") == v5p
+  assert gin.query_parameter("%V6E_SUBMESH") == v6e
+  gin = _parse_run([f"t5x/fam_{size}_finetune.gin", "t5x/v6e.gin"], required,
+                   monkeypatch)
+  assert gin.query_parameter("%MODEL_PARALLEL_SUBMESH").scoped_configurable_fn(
+      ) == v6e
+
+
+def test_eval_and_infer_gins_parse(monkeypatch):
+  for run, bindings in (
+      ("t5x/eval_passkey.gin", ["CHECKPOINT_PATH='/c'", "EVAL_OUTPUT_DIR='/o'"]),
+      ("t5x/eval_long_context.gin", ["CHECKPOINT_PATH='/c'",
+                                     "EVAL_OUTPUT_DIR='/o'"]),
+      ("t5x/infer_passkey.gin", ["CHECKPOINT_PATH='/c'",
+                                 "INFER_OUTPUT_DIR='/o'"])):
+    gin = _parse_run(["t5x/fam_8b.gin", run], bindings, monkeypatch)
+    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME").startswith("fam_")
+
+
+def test_a_wrong_run_is_refused_clearly(monkeypatch):
+  from fam_jax.t5x import models  # pylint: disable=g-import-not-at-top
+  _parse_run(["t5x/tiny.gin"], ["TrainConfig.init_checkpoint = '/ckpt'"],
+             monkeypatch)
+  with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH"):
+    models.fam_config()
+  with pytest.raises(ValueError, match="no field 'batch'"):
+    models.from_train_config("batch")
+  with pytest.raises(TypeError, match="FamT5xDecoder"):
+    FamDecoderOnlyModel(FamLM(CFG), seqio.ByteVocabulary(),
+                        t5x_optimizers.OptaxWrapper(optax.sgd(0.1)))
