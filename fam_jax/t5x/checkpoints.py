@@ -23,10 +23,12 @@ from typing import Optional, Sequence
 
 import gin
 import jax
+import orbax.checkpoint as ocp
 
 from fam_jax import checkpoint, lora
 from fam_jax.config import FamConfig
 from fam_jax.gin_utils import parse_gin
+from fam_jax.t5x.models import fam_config
 from fam_jax.weights import check_params
 
 STATE_DIR = "state"  # t5x's orbax item of the train state
@@ -40,7 +42,6 @@ def read_params(t5x_checkpoint: str):
     raise FileNotFoundError(f"{path} not found: {t5x_checkpoint} is not a t5x "
                             "checkpoint (a MODEL_DIR/checkpoint_<step> directory "
                             "written by t5x.train)")
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   try:
     tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
   except Exception as e:  # pylint: disable=broad-except
@@ -60,7 +61,6 @@ def read_params(t5x_checkpoint: str):
 def model_config(gin_files: Sequence[str], bindings: Sequence[str] = ()
                  ) -> FamConfig:
   """The FamConfig a t5x run's model gin describes."""
-  from fam_jax.t5x.models import fam_config  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   parse_gin(gin_files, bindings)
   return fam_config()
