@@ -29,7 +29,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import flax
 import gin
@@ -41,8 +41,8 @@ from t5x import decoding
 from t5x import metrics as metrics_lib
 from t5x import models as t5x_models
 
-from fam_jax.config import FamConfig
 from fam_jax import streaming
+from fam_jax.config import FamConfig
 from fam_jax.t5x.module import FamT5xDecoder
 from fam_jax.tasks.features import FamDecoderFeatureConverter
 from fam_jax.train import init as train_init
