@@ -13,8 +13,10 @@
   hands them to `loss_fn` and stores what it returns, and checkpoints them. The
   collection is `fam_state` ({fam [L, B, F, D], valid []}). Limits: it is one
   array for the whole batch, so `Trainer.num_microbatches` must stay None (t5x
-  would hand each microbatch the full-batch FAM), and t5x restores it only
-  from a checkpoint of a run that had it.
+  would hand each microbatch the full-batch FAM). A pretrained checkpoint
+  without it (or without adapters) needs t5x's
+  `RestoreCheckpointConfig.fallback_to_scratch` (t5x/finetune_paper.gin sets
+  it; that start was not run here).
 - LoRA (base frozen) is in the optimizer: `optim.fam_optimizer`.
 - `predict_batch` (t5x's own, inherited): prefill then one token at a time
   through `module.FamT5xDecoder`, whose decode cache is a
