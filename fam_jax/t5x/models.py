@@ -64,8 +64,8 @@ def fam_config(train_config: Optional[TrainConfig] = None) -> FamConfig:
   if train_config.init_checkpoint is not None:
     raise ValueError(
         "TrainConfig.init_checkpoint is fam-train's starting point; a t5x run "
-        "starts from a t5x checkpoint (INITIAL_CHECKPOINT_PATH): convert one "
-        "with `python -m fam_jax.t5x.checkpoints --to-t5x`")
+        "starts from random weights or a t5x checkpoint "
+        "(INITIAL_CHECKPOINT_PATH): leave init_checkpoint unset")
   return train_init.model_config(train_config)
 
 
