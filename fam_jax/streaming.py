@@ -421,6 +421,88 @@ def prefill(params, cfg: FamConfig, state: StreamState, tokens, *,
   return all_logits, state
 
 
+def prefill_traced(params, cfg: FamConfig, state: StreamState, tokens,
+                   lengths):
+  """`prefill` for use inside a jitted function (t5x's predict step).
+
+  Stream b reads tokens[b, :lengths[b]] (lengths traced), at most one block per
+  iteration of a `lax.while_loop`: memory is the state's plus the token array,
+  whatever the length. Nothing is checked (ids, capacity): check beforehand.
+
+  Args:
+    tokens: [B, T] int token ids.
+    lengths: [B] int tokens per stream, 0 <= lengths[b] <= T.
+
+  Returns:
+    (logits [B, V] of each stream's last token (zeros where lengths[b] = 0),
+    new state).
+  """
+  tokens = jnp.asarray(tokens, jnp.int32)
+  batch, length = tokens.shape
+  lengths = jnp.asarray(lengths, jnp.int32)
+  n = state.block_size
+  chunk = min(n if cfg.is_blockwise else 512, n, length)
+  arange = jnp.arange(chunk)
+
+  def body(carry):
+    state, consumed, last = carry
+    take = jnp.minimum(jnp.minimum(lengths - consumed, n - state.fill), chunk)
+    index = jnp.minimum(consumed[:, None] + arange, length - 1)
+    chunk_tokens = jnp.where(arange < take[:, None],
+                             jnp.take_along_axis(tokens, index, axis=1), 0)
+    logits, state = step(params, state, chunk_tokens, take, cfg, False)
+    last = jnp.where((take > 0)[:, None], logits, last)
+    return state, consumed + take, last
+
+  last = jnp.zeros((batch, cfg.vocab_size), jnp.float32)
+  state, _, last = jax.lax.while_loop(
+      lambda carry: jnp.any(carry[1] < lengths), body,
+      (state, jnp.zeros((batch,), jnp.int32), last))
+  return last, state
+
+
+def score_traced(params, cfg: FamConfig, state: StreamState, tokens, targets):
+  """Log-likelihoods of `targets` with `tokens` streamed in, for use inside jit.
+
+  Every stream reads all T tokens (from an empty state for block alignment:
+  fill 0), one block (512 tokens for attention='full') per step of a
+  `lax.fori_loop`; only the [B, chunk, V] logits of one step exist at a time.
+
+  Args:
+    tokens: [B, T] input ids.
+    targets: [B, T] the ids to score: log p(targets[b, t] | tokens[b, :t + 1]).
+
+  Returns:
+    ([B, T] float32 log-probabilities, new state).
+  """
+  tokens = jnp.asarray(tokens, jnp.int32)
+  targets = jnp.asarray(targets, jnp.int32)
+  batch, length = tokens.shape
+  n = state.block_size
+  chunk = min(n if cfg.is_blockwise else 512, n)
+  steps = -(-length // chunk)
+  pad = steps * chunk - length
+  tokens = jnp.pad(tokens, ((0, 0), (0, pad)))
+  targets = jnp.pad(targets, ((0, 0), (0, pad)))
+
+  def body(i, carry):
+    state, scores = carry
+    start = i * chunk
+    take = jnp.full((batch,), jnp.minimum(length - start, chunk), jnp.int32)
+    chunk_tokens = jax.lax.dynamic_slice_in_dim(tokens, start, chunk, axis=1)
+    chunk_targets = jax.lax.dynamic_slice_in_dim(targets, start, chunk, axis=1)
+    logits, state = step(params, state, chunk_tokens, take, cfg, True)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(log_probs, chunk_targets[..., None],
+                                 axis=-1)[..., 0]
+    return state, jax.lax.dynamic_update_slice_in_dim(scores, picked, start,
+                                                      axis=1)
+
+  scores = jnp.zeros((batch, steps * chunk), jnp.float32)
+  state, scores = jax.lax.fori_loop(0, steps, body, (state, scores))
+  return scores[:, :length], state
+
+
 def decode_step(params, cfg: FamConfig, state: StreamState, token, *,
                 active=None):
   """Feeds one token per stream.

@@ -75,3 +75,23 @@ def _encode(weights: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
 def _decode(codes: tf.Tensor) -> tf.Tensor:
   """The inverse of _encode; 0 (padding added by packing) decodes to 0.0."""
   return tf.where(codes == 0, 0.0, tf.bitcast(codes - 1, tf.float32))
+
+
+class FamDecoderFeatureConverter(seqio.DecoderFeatureConverter):
+  """seqio's decoder-only converter with `FamFeatureConverter` as its LM branch.
+
+  `targets`-only tasks (training, perplexity) keep their float loss weights;
+  `inputs` + `targets` tasks (PassKey, the long-context evaluations) go
+  through seqio's prefix-LM converter, whose `decoder_causal_attention` marks
+  the prompt that t5x's `predict_batch` prefills. The converter of
+  `fam_jax.t5x.models.FamDecoderOnlyModel`.
+  """
+
+  def __init__(self, pack: bool = True, use_custom_packing_ops: bool = False,
+               apply_length_check: bool = True, bos_id: int = 0, **kwargs):
+    super().__init__(pack=pack, use_custom_packing_ops=use_custom_packing_ops,
+                     apply_length_check=apply_length_check, bos_id=bos_id,
+                     **kwargs)
+    self.strictlm_feature_converter = FamFeatureConverter(
+        pack=pack, use_custom_packing_ops=use_custom_packing_ops,
+        apply_length_check=apply_length_check, bos_id=bos_id)

@@ -22,10 +22,11 @@ FLOORS = {
     "fam_jax.generate": 5, "fam_jax.evaluation": 5, "fam_jax.memory": 5,
     "fam_jax.convert": 6,
     "fam_jax.cli": 7, "fam_jax.tasks": 7, "fam_jax.train": 7,
+    "fam_jax.t5x": 8,
 }
 # Packages whose modules all share the package's floor.
 WHOLE_PACKAGES = ("fam_jax.convert", "fam_jax.cli", "fam_jax.tasks",
-                  "fam_jax.train")
+                  "fam_jax.train", "fam_jax.t5x")
 
 
 def _modules():
