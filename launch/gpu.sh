@@ -47,28 +47,9 @@ options:
 EOF
 }
 
-die() {
-  echo "$PROG: $*" >&2
-  echo "$PROG: see $PROG --help" >&2
-  exit 2
-}
-
-# shlex.quote: an argument as the shell reads it back.
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\"\'\"\'}"
-  fi
-}
-
-join_quoted() {
-  local out="" arg
-  for arg in "$@"; do
-    out+="${out:+ }$(quote "$arg")"
-  done
-  printf '%s' "$out"
-}
+# die, quote, join_quoted, need_value
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 positive_int() {
   [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer; got '$2'"
@@ -92,10 +73,6 @@ mode="" local_n="" hosts="" trainer=fam port=12355 python=python3
 cpu_devices="" gpus_per_process="" remote_dir="$REPO" log_dir="" dry_run=0
 gin_files=() model_dir="" extra=()
 original_args=("$@")
-
-need_value() {
-  [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"
-}
 
 while [[ $# -gt 0 ]]; do
   arg=$1

@@ -45,36 +45,13 @@ usage: $PROG --name NAME --zone ZONE --accelerator_type TYPE --gin_file FILE
 EOF
 }
 
-die() {
-  echo "$PROG: $*" >&2
-  echo "$PROG: see $PROG --help" >&2
-  exit 2
-}
-
-# shlex.quote: an argument as the shell reads it back.
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\"\'\"\'}"
-  fi
-}
-
-join_quoted() {
-  local out="" arg
-  for arg in "$@"; do
-    out+="${out:+ }$(quote "$arg")"
-  done
-  printf '%s' "$out"
-}
+# die, quote, join_quoted, need_value
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 name="" zone="" accelerator_type="" runtime_version="" project="" queued=0
 spot=0 bucket="" model_dir="" gin_files=() trainer=fam repo="$REPO" branch=""
 detach=0 dry_run=0 extra=()
-
-need_value() {
-  [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"
-}
 
 while [[ $# -gt 0 ]]; do
   arg=$1
