@@ -1,13 +1,25 @@
-"""Train-step time of fam, bswa and full attention at equal N and m.
+"""Train-step time of fam, bswa and full attention at equal N and m, and MFU.
 
     python benchmarks/train_step.py --model smollm2 --lengths 1024 --repeats 5
     python benchmarks/train_step.py --model d256 --lengths 2048,8192
+    # GPU: the paper's 1B shape at 8k tokens in bfloat16, model TFLOP/s and MFU
+    python benchmarks/train_step.py --model fam_1b --lengths 8192 \
+        --dtype bfloat16 --finetune full --attention fam,bswa
 
 Builds fam-train's real step (LoRA rank 64, Adafactor, random position offset,
 random state passing for FAM) for each attention kind, then times the compiled
 steps interleaved (fam, bswa, full, fam, ...) so that a busy machine slows all of
 them alike, and prints the median seconds per step, tokens/s and the FAM/BSWA
 ratio. Random weights: step time does not depend on their values.
+
+Model FLOPs (`model_flops`) count the matrix products the step needs, not what
+the hardware executes: no rematerialisation, no masked-out attention pairs. A
+matmul costs 2 FLOPs per multiply-add in the forward pass and twice that in
+the backward pass for every weight that trains (activation and weight
+gradients), once for a frozen one (activation gradient only: LoRA's base
+weights); attention pairs always cost three times their forward FLOPs. MFU
+divides model TFLOP/s by the chip's dense bf16 peak (`PEAK_TFLOPS`, or
+--peak_tflops).
 """
 
 from __future__ import annotations
@@ -35,13 +47,52 @@ MODELS = {
     # The 4-layer d256 model of the speed issue, N=256, m=1, F=16.
     "d256": dict(vocab_size=259, num_layers=4, d_model=256, num_heads=4,
                  mlp_dim=1024, block_size=256, memory_segments=1, fam_length=16),
+    # The paper's 1B shape (gin_configs/models/fam_1b.gin): N=1024, m=3, F=64.
+    "fam_1b": dict(vocab_size=256000, num_layers=18, d_model=1536,
+                   num_heads=12, mlp_dim=12288, block_size=1024,
+                   memory_segments=3, fam_length=64),
 }
+# Dense bf16 peak TFLOP/s by jax device_kind (vendor data sheets, SXM parts).
+PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H200": 989.4,
+               "TPU v5p": 459.0, "TPU v6 lite": 918.0, "TPU v5 lite": 197.0}
 
 
-def build(model: str, attention: str, length: int, batch: int, remat: str):
-  cfg = FamConfig(**MODELS[model], attention=attention, lora_rank=64,
-                  remat=remat)
-  train_cfg = TrainConfig(batch_size=batch, sequence_length=length)
+def attention_pairs(cfg: FamConfig, length: int) -> int:
+  """(query, key) pairs one sequence attends to, per layer, masks respected."""
+  if cfg.attention == "full":
+    return length * (length + 1) // 2
+  n, m, f = cfg.block_size, cfg.memory_segments, cfg.fam_length
+  pairs = 0
+  for block in range(length // n):
+    pairs += n * (n + 1) // 2 + n * min(block, m) * n  # causal block + memory
+    if cfg.attention == "fam":
+      pairs += n * f + f * (n + f)  # block queries see the FAM; FAM update
+  return pairs
+
+
+def model_flops(cfg: FamConfig, length: int, batch: int, finetune: str) -> float:
+  """Model FLOPs of one training step (forward and backward), see above."""
+  d, hd = cfg.d_model, cfg.d_model // cfg.num_heads
+  kv = cfg.num_kv_heads or cfg.num_heads
+  layer_weights = (d * hd * (2 * cfg.num_heads + 2 * kv)
+                   + 3 * d * cfg.mlp_dim)  # q, k, v, o; SwiGLU gate, up, down
+  rows = length + (length // cfg.block_size * cfg.fam_length
+                   if cfg.attention == "fam" else 0)  # FAM goes through layers
+  weight_passes = 3 if finetune == "full" else 2
+  matmul = 2 * batch * (rows * cfg.num_layers * layer_weights
+                        + length * d * cfg.vocab_size)  # + output projection
+  attention = (2 * 2 * batch * cfg.num_layers * cfg.num_heads * hd
+               * attention_pairs(cfg, length))  # QK^T and PV
+  return weight_passes * matmul + 3 * attention
+
+
+def build(model: str, attention: str, length: int, batch: int, remat: str,
+          dtype: str = "float32", finetune: str = "lora"):
+  cfg = FamConfig(**MODELS[model], attention=attention,
+                  lora_rank=64 if finetune == "lora" else 0,
+                  remat=remat, dtype=dtype)
+  train_cfg = TrainConfig(batch_size=batch, sequence_length=length,
+                          finetune=finetune)
   optimizer = make_optimizer(train_cfg.optimizer, train_cfg.train_steps)
   mesh = sharding.make_mesh()
   layout = train_init.make_layout(cfg, train_cfg, mesh, optimizer)
@@ -66,7 +117,8 @@ def build(model: str, attention: str, length: int, batch: int, remat: str):
   jax.block_until_ready(metrics)
   compile_seconds = time.perf_counter() - start
   return {"step": step, "state": state, "batch": batch_arrays,
-          "compile": compile_seconds}
+          "compile": compile_seconds,
+          "flops": model_flops(cfg, length, batch, finetune)}
 
 
 def main():
@@ -78,15 +130,24 @@ def main():
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--remat", default="none")
+  parser.add_argument("--dtype", default="float32",
+                      help="compute dtype (parameters stay float32)")
+  parser.add_argument("--finetune", choices=("lora", "full"), default="lora")
+  parser.add_argument("--peak_tflops", type=float, default=None,
+                      help="the chip's dense peak (default: PEAK_TFLOPS)")
   args = parser.parse_args()
   kinds = args.attention.split(",")
+  device = jax.devices()[0].device_kind
+  peak = args.peak_tflops or PEAK_TFLOPS.get(device)
   print(f"model {args.model}, batch {args.batch}, remat {args.remat}, "
-        f"{jax.devices()[0].device_kind} x{len(jax.devices())}")
+        f"{args.dtype}, finetune {args.finetune}, {device} "
+        f"x{len(jax.devices())}, peak {peak or '?'} TFLOP/s")
   print("| tokens | attention | s/step (median) | tokens/s | compile s | "
-        "vs bswa |")
-  print("|---:|---|---:|---:|---:|---:|")
+        "vs bswa | model TFLOP/s | MFU |")
+  print("|---:|---|---:|---:|---:|---:|---:|---:|")
   for length in (int(x) for x in args.lengths.split(",")):
-    runs = {k: build(args.model, k, length, args.batch, args.remat) for k in kinds}
+    runs = {k: build(args.model, k, length, args.batch, args.remat,
+                     args.dtype, args.finetune) for k in kinds}
     times = {k: [] for k in kinds}
     for _ in range(args.repeats):
       for kind in kinds:
@@ -99,9 +160,12 @@ def main():
     for kind in kinds:
       ratio = (f"{medians[kind] / medians['bswa']:.3f}" if "bswa" in medians
                else "-")
+      tflops = runs[kind]["flops"] / medians[kind] / 1e12
+      mfu = f"{tflops / peak:.1%}" if peak else "-"
       print(f"| {length} | {kind} | {medians[kind]:.3f} | "
             f"{args.batch * length / medians[kind]:,.0f} | "
-            f"{runs[kind]['compile']:.1f} | {ratio} |", flush=True)
+            f"{runs[kind]['compile']:.1f} | {ratio} | {tflops:.1f} | {mfu} |",
+            flush=True)
 
 
 if __name__ == "__main__":

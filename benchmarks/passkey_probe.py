@@ -1,0 +1,289 @@
+"""PassKey at CPU scale without seqio: a quick probe of the training recipe.
+
+    python benchmarks/passkey_probe.py --out runs/probe \\
+        --stages induct_near:3000:384:32,far:2000:1152:8
+
+`benchmarks/passkey.py` is the benchmark (fam-train, seqio tasks, greedy
+decoding through the stream). This probe answers a narrower question fast, on
+machines without TensorFlow (the lent GPU image has JAX but no seqio): does a
+training recipe teach the from-scratch model of
+gin_configs/train/passkey_cpu.gin to retrieve the key, and how many steps does
+it take? It
+- makes byte-level rows in numpy (ids = UTF-8 bytes + 3, EOS 1, padding 0, as
+  seqio's ByteVocabulary), with the prompt text of tasks/passkey.py, read from
+  that file's source (importing it needs seqio);
+- trains with fam-train's own step (`make_train_step`: random position offset,
+  random state passing, weighted loss), one fresh optimizer per stage as
+  fam-train stages do;
+- scores exact match as the teacher-forced argmax of every answer token through
+  the training path: a greedy decode returns the key exactly when each of those
+  argmaxes is right, and the training path equals the stream within 1e-5
+  (tests/test_streaming.py);
+- writes <out>/<attention>.npz (parameters) and <out>/probe.json; `--export`
+  turns an npz into a fam-jax checkpoint that benchmarks/passkey.py's
+  evaluation reads.
+
+Stage kinds: `near` / `far` (PassKey rows, fillers of 0-64 / 64-768 tokens,
+prompt weighted 0.1, as fam_passkey_train_near/_far), `pkLO-HI` (PassKey
+rows with fillers of LO-HI tokens), `induct` (a random
+string of 40-180 characters from digits, letters and space, a newline, the same
+string again, the first copy weighted 0.1: every second-copy token rewards
+copying from context), `induct_near` (the two mixed half and half).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from fam_jax import sharding
+from fam_jax.config import FamConfig
+from fam_jax.model import FamLM
+from fam_jax.train import init as train_init
+from fam_jax.train import step as train_step
+from fam_jax.train.config import TrainConfig
+from fam_jax.train.optimizer import (OptimizerConfig, learning_rate_schedule,
+                                     make_optimizer)
+
+PASSKEY_SOURCE = os.path.join(os.path.dirname(__file__), "..", "tasks",
+                              "passkey.py")
+EOS, BYTE_OFFSET = 1, 3
+FILLERS = {"near": (0, 64), "far": (64, 768)}
+PROMPT_WEIGHT = 0.1
+ALPHABET = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz ", np.uint8)
+# gin_configs/train/passkey_cpu.gin (over models/tiny.gin).
+MODEL = dict(vocab_size=259, num_layers=2, d_model=128, num_heads=4,
+             num_kv_heads=2, mlp_dim=256, block_size=64, memory_segments=3,
+             fam_length=8)
+
+
+def passkey_text() -> dict:
+  """The prompt constants of tasks/passkey.py, without importing it."""
+  names = {"TASK_DESCRIPTION", "KEY_LINE", "FILLER_SENTENCES", "QUESTION",
+           "KEY_RANGE"}
+  tree = ast.parse(open(PASSKEY_SOURCE).read())
+  return {t.id: ast.literal_eval(node.value) for node in tree.body
+          if isinstance(node, ast.Assign) for t in node.targets
+          if isinstance(t, ast.Name) and t.id in names}
+
+
+def filler_range(kind: str) -> tuple[int, int]:
+  if kind in FILLERS:
+    return FILLERS[kind]
+  if kind.startswith("pk") and "-" in kind:
+    low, high = kind[2:].split("-")
+    return int(low), int(high)
+  raise ValueError(f"unknown stage kind {kind!r}")
+
+
+class Rows:
+  """Endless byte-level training rows, and PassKey evaluation rows."""
+
+  def __init__(self, seed: int):
+    self.text = passkey_text()
+    self.rng = np.random.default_rng(seed)
+    sentences = self.text["FILLER_SENTENCES"]
+    # Filler of n sentences: " ".join of the cycle; bytes(n) its length.
+    self.lengths = np.cumsum([len(sentences[i % len(sentences)]) + 1
+                              for i in range(20000)]) - 1
+
+  def filler(self, budget: int) -> str:
+    n = int(np.searchsorted(self.lengths, budget, side="right"))
+    cycle = self.text["FILLER_SENTENCES"]
+    return " ".join(cycle[i % len(cycle)] for i in range(n))
+
+  def passkey(self, low: int, high: int) -> tuple[bytes, bytes]:
+    t = self.text
+    key = int(self.rng.integers(t["KEY_RANGE"][0], t["KEY_RANGE"][1] + 1))
+    filler = self.filler(int(self.rng.integers(low, high + 1)))
+    prompt = "\n".join([t["TASK_DESCRIPTION"], t["KEY_LINE"].format(key=key),
+                        filler, t["QUESTION"]])
+    return prompt.encode(), f" {key}".encode()
+
+  def induct(self) -> tuple[bytes, bytes]:
+    s = self.rng.choice(ALPHABET, int(self.rng.integers(40, 181))).tobytes()
+    return s + b"\n", s
+
+  def row(self, kind: str) -> tuple[bytes, bytes]:
+    if kind == "induct_near":
+      kind = "induct" if self.rng.random() < 0.5 else "near"
+    if kind == "induct":
+      return self.induct()
+    return self.passkey(*filler_range(kind))
+
+  def batch(self, kind: str, batch: int, length: int) -> dict:
+    targets = np.zeros((batch, length), np.int32)
+    weights = np.zeros((batch, length), np.float32)
+    for b in range(batch):
+      prompt, answer = self.row(kind)
+      ids = np.frombuffer(prompt + answer, np.uint8).astype(np.int32) + BYTE_OFFSET
+      ids = np.append(ids, EOS)
+      if len(ids) > length:
+        raise ValueError(f"a {kind} row of {len(ids)} tokens > {length}")
+      targets[b, :len(ids)] = ids
+      weights[b, :len(prompt)] = PROMPT_WEIGHT
+      weights[b, len(prompt):len(ids)] = 1.0
+    valid = (weights > 0).astype(np.int32)
+    return {"decoder_target_tokens": targets,
+            "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+            "decoder_segment_ids": valid,
+            "decoder_positions": np.tile(np.arange(length, dtype=np.int32),
+                                         (batch, 1)) * valid,
+            "decoder_loss_weights": weights}
+
+
+def evaluate(params, cfg: FamConfig, filler: int, examples: int, seed: int,
+             forward) -> float:
+  """Exact-match accuracy (%) at fillers of [filler - 32, filler] tokens."""
+  rows = Rows(seed)
+  pairs = [rows.passkey(max(0, filler - 32), filler) for _ in range(examples)]
+  longest = max(len(p) + len(a) for p, a in pairs)
+  length = -(-longest // cfg.block_size) * cfg.block_size
+  tokens = np.zeros((examples, length), np.int32)
+  answer = np.zeros((examples, length), bool)
+  targets = np.zeros((examples, length), np.int32)
+  for i, (p, a) in enumerate(pairs):
+    ids = np.frombuffer(p + a, np.uint8).astype(np.int32) + BYTE_OFFSET
+    tokens[i, 1:len(ids)] = ids[:-1]  # inputs: targets shifted right
+    targets[i, :len(ids)] = ids
+    answer[i, len(p):len(ids)] = True
+  segments = (np.arange(length)[None] < np.array(
+      [len(p) + len(a) for p, a in pairs])[:, None]).astype(np.int32)
+  logits = forward(params, tokens, segments)
+  right = (np.asarray(jnp.argmax(logits, -1)) == targets) | ~answer
+  return 100.0 * float(right.all(axis=1).mean())
+
+
+def train(attention: str, stages, args) -> tuple[dict, FamConfig, list]:
+  cfg = FamConfig(**{**MODEL, **args.model}, attention=attention)
+  mesh = sharding.make_mesh()
+  rows = Rows(args.seed)
+  params, log = None, []
+  forward = jax.jit(lambda p, t, s: FamLM(cfg).apply(
+      {"params": p}, t, segment_ids=s))
+  done = 0
+  for number, (kind, steps, length, batch) in enumerate(stages):
+    train_cfg = TrainConfig(batch_size=batch, sequence_length=length,
+                            train_steps=steps, finetune="full",
+                            seed=args.seed,
+                            state_passing_probability=args.state_passing,
+                            optimizer=OptimizerConfig(
+                                name="adamw",
+                                learning_rate=args.lr if number == 0 else (
+                                    args.lr_later or args.lr),
+                                warmup_steps=20))
+    optimizer = make_optimizer(train_cfg.optimizer, steps)
+    layout = train_init.make_layout(cfg, train_cfg, mesh, optimizer)
+    params = train_init.complete_params(params, cfg, layout, args.seed)
+    state = train_init.initial_state(params, cfg, train_cfg, optimizer, layout)
+    mask = train_init.trainable_mask(params, train_cfg, cfg)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+      step_fn = jax.jit(train_step.make_train_step(
+          cfg, train_cfg, optimizer, mask,
+          learning_rate_schedule(train_cfg.optimizer, steps)), donate_argnums=0)
+    start, losses = time.time(), []
+    for i in range(1, steps + 1):
+      state, metrics = step_fn(state, rows.batch(kind, batch, length))
+      losses.append(metrics["loss"])
+      if i % args.eval_every == 0 or i == steps:
+        loss = float(np.mean(jax.device_get(losses)))
+        losses = []
+        params = jax.device_get(state.params)
+        accuracy = {f: evaluate(params, cfg, f, args.eval_examples, 1, forward)
+                    for f in args.watch}
+        entry = {"attention": attention, "stage": kind, "step": done + i,
+                 "loss": loss, "seconds": time.time() - start,
+                 "accuracy": accuracy}
+        log.append(entry)
+        print(json.dumps(entry), flush=True)
+    done += steps
+    params = jax.device_get(state.params)
+  final = {f: evaluate(params, cfg, f, args.eval_examples, 1, forward)
+           for f in args.lengths}
+  log.append({"attention": attention, "final": final})
+  print(json.dumps(log[-1]), flush=True)
+  return params, cfg, log
+
+
+def export(npz: str, out: str) -> None:
+  from fam_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  with np.load(npz) as f:
+    flat = {tuple(k.split("/")): f[k] for k in f.files if k != "__config__"}
+    cfg = checkpoint.config_from_dict(json.loads(str(f["__config__"])))
+  checkpoint.save_checkpoint(out, traverse_util.unflatten_dict(flat), cfg)
+  print(out)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--out", default="runs/probe")
+  parser.add_argument("--stages", default="induct_near:3000:384:32,"
+                      "far:2000:1152:8",
+                      help="kind:steps:length:batch, comma-separated")
+  parser.add_argument("--attention", default="fam,bswa")
+  parser.add_argument("--lr", type=float, default=3e-3)
+  parser.add_argument("--lr-later", type=float, default=None,
+                      help="learning rate of the stages after the first")
+  parser.add_argument("--state-passing", type=float, default=0.8,
+                      help="TrainConfig.state_passing_probability")
+  parser.add_argument("--model", default="",
+                      help="FamConfig overrides, e.g. fam_length=16,"
+                      "first_fam_residual=initial")
+  parser.add_argument("--watch", default="32,128",
+                      help="filler lengths evaluated during training")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--eval-every", type=int, default=500)
+  parser.add_argument("--eval-examples", type=int, default=100)
+  parser.add_argument("--lengths", default="32,128,512,1024,2048,4096")
+  parser.add_argument("--no-params", action="store_true",
+                      help="write probe.json only")
+  parser.add_argument("--export", nargs=2, metavar=("NPZ", "DIR"),
+                      help="write NPZ's parameters as a fam-jax checkpoint")
+  args = parser.parse_args(argv)
+  if args.export:
+    export(*args.export)
+    return 0
+  stages = []
+  for spec in args.stages.split(","):
+    kind, steps, length, batch = spec.split(":")
+    if kind not in ("induct", "induct_near"):
+      try:
+        filler_range(kind)
+      except ValueError as e:
+        parser.error(f"--stages: {e}")
+    stages.append((kind, int(steps), int(length), int(batch)))
+  args.lengths = [int(n) for n in args.lengths.split(",")]
+  args.watch = [int(n) for n in args.watch.split(",")]
+  args.model = {k: (v if not v.lstrip("-").isdigit() else int(v))
+                for k, v in (kv.split("=") for kv in args.model.split(",")
+                             if kv)}
+  os.makedirs(args.out, exist_ok=True)
+  from fam_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  logs = []
+  for attention in args.attention.split(","):
+    params, cfg, log = train(attention, stages, args)
+    logs += log
+    flat = {"/".join(k): np.asarray(v)
+            for k, v in traverse_util.flatten_dict(params).items()}
+    if not args.no_params:
+      np.savez(os.path.join(args.out, f"{attention}.npz"),
+               __config__=json.dumps(checkpoint.config_to_dict(cfg)), **flat)
+    with open(os.path.join(args.out, "probe.json"), "w") as f:
+      json.dump({"stages": stages, "device": jax.devices()[0].device_kind,
+                 "args": {k: v for k, v in vars(args).items()
+                          if k != "export"}, "log": logs}, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
