@@ -24,7 +24,7 @@ def test_pipeline_trains_both_stages_evaluates_and_plots(tmp_path):
   # One layer, and both stages on short rows of one shape, so that the second
   # stage reuses the first one's compilation.
   flags = [f"--jax_cache_dir={train_cli.JAX_CACHE}", "--gin.FamConfig.num_layers=1",
-           "--gin.STAGE_TASK='fam_passkey_train_near'", "--gin.STAGE_LENGTH=384",
+           "--gin.STAGE_TASK='fam_passkey_train_copy'", "--gin.STAGE_LENGTH=384",
            "--gin.STAGE_BATCH=2", "--gin.TrainConfig.checkpoint_every=1"]
   result = subprocess.run(
       [sys.executable, SCRIPT, f"--out={out}", "--steps=1,1", "--examples=3",

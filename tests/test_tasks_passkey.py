@@ -23,6 +23,7 @@ HEAD = ("There is an important info hidden inside a lot of irrelevant text. "
         "information there.\nThe pass key is {k}. Remember it. {k} is the "
         "pass key.\n")
 TAIL = "\nWhat is the pass key? The pass key is"
+TASK_START = passkey.TASK_DESCRIPTION[:8]
 FILLER_CYCLE = ("The grass is green. The sky is blue. The sun is yellow. "
                 "Here we go. There and back again.")
 
@@ -104,6 +105,36 @@ def test_training_task_rows(name, filler, prompt_weight):
                      match=f"{name}: an example is longer than the "
                      f"row length {short}"):
     read(name, "train", {"targets": short}, 1)
+
+
+def test_copy_drill_rows():
+  """A random string, a newline, the same string; the first copy at 0.1."""
+  seen = set()
+  for ex in read("fam_passkey_copy_drill", "train", {"targets": 384}, 20):
+    used = int(np.sum(ex["targets"] != 0))
+    assert ex["targets"][used - 1] == VOCAB.eos_id
+    text = VOCAB.decode(ex["targets"][:used - 1].tolist())
+    first, second = text.split("\n")
+    assert first == second and set(first) <= set(passkey.COPY_DRILL_ALPHABET)
+    low, high = passkey.COPY_DRILL_CHARACTERS
+    assert low <= len(first) <= high
+    np.testing.assert_allclose(ex["loss_weights"][:len(first) + 1], 0.1)
+    np.testing.assert_array_equal(ex["loss_weights"][len(first) + 1:used], 1)
+    assert not ex["loss_weights"][used:].any()
+    seen.add(first)
+  assert len(seen) == 20
+  again = [e["prompt"] for e in passkey.copy_drill("train", num_examples=3)]
+  assert again == [e["prompt"] for e in passkey.copy_drill("train",
+                                                           num_examples=3)]
+  assert again != [e["prompt"] for e in passkey.copy_drill("validation",
+                                                           num_examples=3)]
+
+
+def test_copy_stage_mixes_drill_and_near_rows():
+  rows = read("fam_passkey_train_copy", "train", {"targets": 384}, 40)
+  drills = sum(VOCAB.decode(r["targets"][:8].tolist()) != TASK_START
+               for r in rows)
+  assert 8 <= drills <= 32  # half and half: 20 expected, sd ~3.2
 
 
 def test_examples_are_deterministic_and_splits_differ():

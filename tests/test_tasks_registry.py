@@ -11,14 +11,14 @@ import fam_jax.tasks  # noqa: F401  (registers the tasks)
 # a new registration must be added here and get such a test.
 TASKS = {
     "fam_passkey_train", "fam_passkey_train_short", "fam_passkey_train_near",
-    "fam_passkey_train_far", "fam_passkey_1k",
+    "fam_passkey_train_far", "fam_passkey_copy_drill", "fam_passkey_1k",
     "fam_passkey_4k", "fam_passkey_16k", "fam_passkey_64k", "fam_passkey_256k",
     "fam_flan_flan2021", "fam_flan_t0", "fam_flan_niv2", "fam_flan_cot",
     "fam_flan_dialog", "fam_flan_packed",
     "fam_narrativeqa", "fam_scrolls_qasper", "fam_scrolls_quality",
     "fam_xlsum", "fam_pg19", "fam_isabelle", "fam_text_classics",
 }
-MIXTURES = {"fam_flan_collection"}
+MIXTURES = {"fam_flan_collection", "fam_passkey_train_copy"}
 
 
 def test_registered_names():
