@@ -141,26 +141,39 @@ class Rows:
             "decoder_loss_weights": weights}
 
 
-def evaluate(params, cfg: FamConfig, filler: int, examples: int, seed: int,
-             forward) -> float:
-  """Exact-match accuracy (%) at fillers of [filler - 32, filler] tokens."""
+def eval_rows(cfg: FamConfig, filler: int, examples: int, seed: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """(input ids, segment ids, target ids, answer mask), [examples, T] each,
+  of PassKey prompts + answers with fillers of [filler - 32, filler] tokens;
+  T is the longest rounded up to whole blocks."""
   rows = Rows(seed)
   pairs = [rows.passkey(max(0, filler - 32), filler) for _ in range(examples)]
   longest = max(len(p) + len(a) for p, a in pairs)
   length = -(-longest // cfg.block_size) * cfg.block_size
   tokens = np.zeros((examples, length), np.int32)
-  answer = np.zeros((examples, length), bool)
   targets = np.zeros((examples, length), np.int32)
+  answer = np.zeros((examples, length), bool)
+  segments = np.zeros((examples, length), np.int32)
   for i, (p, a) in enumerate(pairs):
     ids = np.frombuffer(p + a, np.uint8).astype(np.int32) + BYTE_OFFSET
     tokens[i, 1:len(ids)] = ids[:-1]  # inputs: targets shifted right
     targets[i, :len(ids)] = ids
     answer[i, len(p):len(ids)] = True
-  segments = (np.arange(length)[None] < np.array(
-      [len(p) + len(a) for p, a in pairs])[:, None]).astype(np.int32)
-  logits = forward(params, tokens, segments)
+    segments[i, :len(ids)] = 1
+  return tokens, segments, targets, answer
+
+
+def exact_match(logits, targets: np.ndarray, answer: np.ndarray) -> float:
+  """% of rows whose every answer token is the argmax."""
   right = (np.asarray(jnp.argmax(logits, -1)) == targets) | ~answer
   return 100.0 * float(right.all(axis=1).mean())
+
+
+def evaluate(params, cfg: FamConfig, filler: int, examples: int, seed: int,
+             forward) -> float:
+  """Exact-match accuracy (%) at fillers of [filler - 32, filler] tokens."""
+  tokens, segments, targets, answer = eval_rows(cfg, filler, examples, seed)
+  return exact_match(forward(params, tokens, segments), targets, answer)
 
 
 def train(attention: str, stages, args) -> tuple[dict, FamConfig, list]:

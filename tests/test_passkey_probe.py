@@ -1,0 +1,65 @@
+"""benchmarks/passkey_probe.py: its numpy rows are the seqio tasks' rows (same
+prompt, byte ids, weights), and its exact match counts an example right only
+when every answer token is."""
+
+import os
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from fam_jax.config import FamConfig
+from fam_jax.tasks import passkey
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import passkey_probe  # noqa: E402  pylint: disable=g-import-not-at-top
+
+VOCAB = seqio.ByteVocabulary()
+
+
+def test_passkey_rows_match_the_task():
+  rows = passkey_probe.Rows(seed=3)
+  batch = rows.batch("near", 6, 384)
+  targets = batch["decoder_target_tokens"]
+  np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 1:],
+                                targets[:, :-1])
+  for row, weights in zip(targets, batch["decoder_loss_weights"]):
+    used = int(np.sum(row != 0))
+    assert row[used - 1] == VOCAB.eos_id
+    text = VOCAB.decode(row[:used - 1].tolist())
+    prompt, answer = text.rsplit(" ", 1)
+    key = int(answer)
+    filler = prompt.split("\n")[2]
+    assert prompt == passkey.prompt(key, filler)
+    assert 0 <= len(VOCAB.encode(filler)) <= 64
+    answer_tokens = len(f" {key}") + 1  # and EOS
+    np.testing.assert_allclose(weights[:used - answer_tokens], 0.1)
+    np.testing.assert_array_equal(weights[used - answer_tokens:used], 1)
+    assert not weights[used:].any()
+
+
+def test_copy_drill_rows():
+  batch = passkey_probe.Rows(seed=0).batch("induct", 4, 384)
+  for row in batch["decoder_target_tokens"]:
+    used = int(np.sum(row != 0))
+    first, second = VOCAB.decode(row[:used - 1].tolist()).split("\n")
+    assert first == second and 40 <= len(first) <= 180
+
+
+def test_exact_match_needs_every_answer_token():
+  cfg = FamConfig(vocab_size=259, num_layers=1, d_model=16, num_heads=2,
+                  mlp_dim=32, block_size=64, memory_segments=1, fam_length=4)
+  tokens, segments, targets, answer = passkey_probe.eval_rows(cfg, 128, 5, 0)
+  assert tokens.shape[1] % 64 == 0
+  np.testing.assert_array_equal(tokens[:, 1:][segments[:, 1:] > 0],
+                                targets[:, :-1][segments[:, 1:] > 0])
+  for row, mask in zip(targets, answer):
+    key = VOCAB.decode(row[mask].tolist())
+    assert key.startswith(" ") and key[1:].isdigit()
+  predicted = targets.copy()
+  predicted[~answer] = 5  # wrong outside the answers: does not count
+  predicted[1, np.flatnonzero(answer[1])[-1]] = 7  # one wrong answer digit
+  predicted[3, np.flatnonzero(answer[3])[0]] = 7
+  logits = jnp.asarray(np.eye(cfg.vocab_size, dtype=np.float32)[predicted])
+  assert passkey_probe.exact_match(logits, targets, answer) == 60.0
