@@ -21,10 +21,11 @@ Scales:
   rows with fillers of 0-64 tokens, inside every window) teaches the model to
   find and copy a key; stage `memory` (fillers of 64-768 tokens, mostly beyond
   BSWA's reach) can then only be solved by carrying the key in the FAM. A
-  model that never learned to copy cannot show that its memory works. The
-  default steps are what the probe (benchmarks/passkey_probe.py) needed on a
-  GPU: copying appeared after 1,000-3,000 steps; 3,000 memory steps did not
-  teach FAM to carry the key (README).
+  model that never learned to copy cannot show that its memory works. Copying
+  appeared within 500 steps on this CPU (39 min for 1,012 steps of fam on 2
+  cores) and after 1,000-3,000 in the probe's GPU runs
+  (benchmarks/passkey_probe.py); 3,000 memory steps did not teach FAM to
+  carry the key (README).
 - `smollm2`: SmolLM2-135M-Instruct from its GGUF (a path: the file may have
   arrived in parts and been joined), rank-64 LoRA, the paper's N=1024, m=3,
   F=64 (gin_configs/train/passkey_smollm2.gin), fam_passkey_train (fillers of
@@ -49,7 +50,7 @@ SCALES = {
                    ("memory", "train/passkey_cpu.gin",
                     ["--gin.STAGE_TASK='fam_passkey_train_far'",
                      "--gin.STAGE_LENGTH=1152", "--gin.STAGE_BATCH=8"])],
-        "steps": (3000, 3000),
+        "steps": (1000, 3000),
         "lengths": (32, 128, 1024, 2048, 4096),
         "max_new_tokens": 8,
     },

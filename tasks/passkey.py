@@ -34,8 +34,9 @@ Registered tasks:
   model. [choice: not in the paper, whose models arrive pretrained and copy
   already. Trained on PassKey rows alone, whose 5 answer tokens per row are
   the only reward for copying, the from-scratch model stayed 0% even inside
-  its window for 400 steps (six runs, README); with the drill it copies
-  within 1,000-3,000 steps (benchmarks/passkey_probe.py, README).]
+  its window for 400 steps (six runs, README); with the drill it copied
+  keys inside its window after 500 steps on a CPU and 1,000-3,000 in GPU runs
+  of benchmarks/passkey_probe.py (README).]
 - `fam_passkey_{1k,4k,16k,64k,256k}`: evaluation, filler of
   [L - 32, L] tokens, `inputs`/`targets` features, metric
   `passkey_accuracy`; "validation" and "test" splits of 100 examples.
