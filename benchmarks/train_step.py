@@ -17,7 +17,9 @@ the hardware executes: no rematerialisation, no masked-out attention pairs. A
 matmul costs 2 FLOPs per multiply-add in the forward pass and twice that in
 the backward pass for every weight that trains (activation and weight
 gradients), once for a frozen one (activation gradient only: LoRA's base
-weights); attention pairs always cost three times their forward FLOPs. MFU
+weights); attention pairs always cost three times their forward FLOPs. LoRA
+adapters are not counted (at rank 64 on the 1B shape they would add about 8%
+to the layers' FLOPs). MFU
 divides model TFLOP/s by the chip's dense bf16 peak (`PEAK_TFLOPS`, or
 --peak_tflops).
 """
