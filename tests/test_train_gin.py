@@ -70,7 +70,7 @@ def test_passkey_runs_differ_only_in_the_attention():
       **{**vars(bswa_train), "model_overrides": {"attention": "fam"}})
   assert (fam.num_layers, fam.block_size, fam.memory_segments,
           fam.fam_length, fam.d_model) == (2, 64, 3, 8, 128)
-  assert fam_train.mixture_or_task_name == "fam_passkey_train_near"
+  assert fam_train.mixture_or_task_name == "fam_passkey_train_copy"
   memory, _ = configs("train/passkey_cpu.gin",
                       "STAGE_TASK = 'fam_passkey_train_far'")
   assert memory.mixture_or_task_name == "fam_passkey_train_far"
