@@ -163,6 +163,9 @@ start() {  # start ID COMMAND...: runs the command in the background
   fi
   pids+=("$!")
   process_of[$!]=$id
+  # A signal that arrived between the fork and the line above was forwarded
+  # without this process: send it now.
+  [[ -z $forwarded ]] || kill -s "$forwarded" "$!" 2>/dev/null || true
 }
 
 wait_all() {
@@ -197,6 +200,7 @@ run_processes() {  # the commands in `commands` (one quoted line each)
   trap 'forward TERM' TERM INT
   local i
   for i in "${!commands[@]}"; do
+    [[ -z $forwarded ]] || break  # stopped while starting: start no more
     eval "local -a argv=(${commands[$i]})"
     # shellcheck disable=SC2154  # argv is set by the eval above
     start "$i" "${argv[@]}"
