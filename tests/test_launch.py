@@ -290,6 +290,13 @@ sleep 60 >/dev/null 2>&1 & wait
 """
 
 
+def _default_sigint():
+  # A shell cannot trap a signal that was ignored when it started, and a test
+  # runner started in the background of a script (`cmd &`) has SIGINT ignored:
+  # give gpu.sh the default disposition, as a terminal would.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _fake(tmp_path, **env):
   trainer = tmp_path / "trainer.sh"
   trainer.write_text(_FAKE_TRAINER)
@@ -298,7 +305,8 @@ def _fake(tmp_path, **env):
       [GPU, "--local", "3", "--cpu_devices", "1", "--python", str(trainer),
        "--gin_file=g.gin", "--model_dir=m", "--port", str(_free_port())],
       cwd=tmp_path, env=dict(os.environ, OUT=str(tmp_path), **env),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      preexec_fn=_default_sigint)
 
 
 def _wait_for(paths, timeout=20):
