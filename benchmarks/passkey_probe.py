@@ -57,7 +57,6 @@ from fam_jax.train.optimizer import (OptimizerConfig, learning_rate_schedule,
 PASSKEY_SOURCE = os.path.join(os.path.dirname(__file__), "..", "tasks",
                               "passkey.py")
 EOS, BYTE_OFFSET = 1, 3
-FILLERS = {"near": (0, 64), "far": (64, 768)}
 PROMPT_WEIGHT = 0.1
 ALPHABET = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz ", np.uint8)
 # gin_configs/train/passkey_cpu.gin (over models/tiny.gin).
@@ -69,7 +68,7 @@ MODEL = dict(vocab_size=259, num_layers=2, d_model=128, num_heads=4,
 def passkey_text() -> dict:
   """The prompt constants of tasks/passkey.py, without importing it."""
   names = {"TASK_DESCRIPTION", "KEY_LINE", "FILLER_SENTENCES", "QUESTION",
-           "KEY_RANGE"}
+           "KEY_RANGE", "NEAR_FILLER_TOKENS", "FAR_FILLER_TOKENS"}
   tree = ast.parse(open(PASSKEY_SOURCE).read())
   return {t.id: ast.literal_eval(node.value) for node in tree.body
           if isinstance(node, ast.Assign) for t in node.targets
@@ -77,8 +76,8 @@ def passkey_text() -> dict:
 
 
 def filler_range(kind: str) -> tuple[int, int]:
-  if kind in FILLERS:
-    return FILLERS[kind]
+  if kind in ("near", "far"):
+    return tuple(passkey_text()[f"{kind.upper()}_FILLER_TOKENS"])
   if kind.startswith("pk") and "-" in kind:
     low, high = kind[2:].split("-")
     return int(low), int(high)
