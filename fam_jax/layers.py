@@ -157,6 +157,13 @@ def attend_parts(q: jax.Array, parts, mask: jax.Array) -> jax.Array:
   One softmax over all the pieces' logits; the keys and values themselves are
   never concatenated (no copy of a KV cache per step).
 
+  Layout: each key/value head's queries (T positions x G heads) are the rows
+  of one plain batched matmul, [..., K, T*G, E] @ [..., K, E, S], and the
+  probabilities [..., K, T*G, S] multiply [..., K, S, E]. On CPU this runs the
+  streaming chunk's attention 1.9x and the training block attention's
+  forward+backward up to 1.6x faster than einsums whose outputs put G before T
+  (XLA then transposes the float32 scores; benchmarks/fam_bench.py).
+
   Args:
     q: [..., T, H, E] queries.
     parts: sequence of (k [..., S_i, K, E], v [..., S_i, K, E]).
@@ -164,18 +171,23 @@ def attend_parts(q: jax.Array, parts, mask: jax.Array) -> jax.Array:
   """
   *batch, t, h, e = q.shape
   kv_heads = parts[0][0].shape[-2]
-  q = q.reshape(*batch, t, kv_heads, h // kv_heads, e) * (1.0 / math.sqrt(e))
-  logits = [jnp.einsum("...tkge,...ske->...kgts", q, k,
+  g = h // kv_heads
+  q = jnp.moveaxis(q.reshape(*batch, t, kv_heads, g, e), -3, -4)
+  q = q.reshape(*batch, kv_heads, t * g, e) * (1.0 / math.sqrt(e))
+  logits = [jnp.matmul(q, jnp.moveaxis(k, -3, -1),
                        preferred_element_type=jnp.float32) for k, _ in parts]
   logits = logits[0] if len(logits) == 1 else jnp.concatenate(logits, axis=-1)
-  logits = jnp.where(mask[..., None, None, :, :], logits, MASKED_LOGIT)
-  probs = jax.nn.softmax(logits, axis=-1)
+  s = logits.shape[-1]
+  logits = logits.reshape(*batch, kv_heads, t, g, s)
+  logits = jnp.where(mask[..., None, :, None, :], logits, MASKED_LOGIT)
+  probs = jax.nn.softmax(logits, axis=-1).reshape(*batch, kv_heads, t * g, s)
   out, start = None, 0
   for _, v in parts:
     size = v.shape[-3]
-    piece = jnp.einsum("...kgts,...ske->...tkge",
-                       probs[..., start:start + size].astype(v.dtype), v)
+    piece = jnp.matmul(probs[..., start:start + size].astype(v.dtype),
+                       jnp.moveaxis(v, -2, -3))
     out, start = piece if out is None else out + piece, start + size
+  out = jnp.moveaxis(out.reshape(*batch, kv_heads, t, g, e), -4, -3)
   return out.reshape(*batch, t, h, e)
 
 
