@@ -89,8 +89,9 @@ def model_flops(cfg: FamConfig, length: int, batch: int, finetune: str) -> float
 
 
 def build(model: str, attention: str, length: int, batch: int, remat: str,
-          dtype: str = "float32", finetune: str = "lora"):
-  cfg = FamConfig(**MODELS[model], attention=attention,
+          dtype: str = "float32", finetune: str = "lora",
+          overrides: dict | None = None):
+  cfg = FamConfig(**{**MODELS[model], **(overrides or {})}, attention=attention,
                   lora_rank=64 if finetune == "lora" else 0,
                   remat=remat, dtype=dtype)
   train_cfg = TrainConfig(batch_size=batch, sequence_length=length,
@@ -115,12 +116,51 @@ def build(model: str, attention: str, length: int, batch: int, remat: str,
       "decoder_positions": np.tile(np.arange(length, dtype=np.int32), (batch, 1)),
       "decoder_loss_weights": np.ones(targets.shape, np.float32)}
   start = time.perf_counter()
-  state, metrics = step(state, batch_arrays)
-  jax.block_until_ready(metrics)
+  compiled = step.lower(state, batch_arrays).compile()
   compile_seconds = time.perf_counter() - start
-  return {"step": step, "state": state, "batch": batch_arrays,
-          "compile": compile_seconds,
+  state, metrics = compiled(state, batch_arrays)  # untimed first run
+  jax.block_until_ready(metrics)
+  return {"step": compiled, "state": state, "batch": batch_arrays,
+          "compile": compile_seconds, "memory": planned_bytes(compiled),
           "flops": model_flops(cfg, length, batch, finetune)}
+
+
+def planned_bytes(compiled) -> int:
+  """Device memory XLA plans for one call: arguments + outputs + temporaries,
+  less outputs that reuse donated arguments (the step's peak, known before
+  it runs)."""
+  stats = compiled.memory_analysis()
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def time_interleaved(runs: dict, repeats: int) -> dict[str, list[float]]:
+  """Seconds of `repeats` steps of every run of `build`, the kinds taking
+  turns (fam, bswa, full, fam, ...) so a busy machine slows them alike."""
+  times = {kind: [] for kind in runs}
+  for _ in range(repeats):
+    for kind, run in runs.items():
+      start = time.perf_counter()
+      run["state"], metrics = run["step"](run["state"], run["batch"])
+      jax.block_until_ready(metrics)
+      times[kind].append(time.perf_counter() - start)
+  return times
+
+
+def parse_overrides(text: str) -> dict:
+  """'block_size=1024,fam_length=64' -> FamConfig overrides (ints, floats or
+  strings)."""
+  out = {}
+  for item in filter(None, text.split(",")):
+    key, _, value = item.partition("=")
+    for kind in (int, float):
+      try:
+        value = kind(value)
+        break
+      except ValueError:
+        pass
+    out[key.strip()] = value
+  return out
 
 
 def main():
@@ -135,13 +175,17 @@ def main():
   parser.add_argument("--dtype", default="float32",
                       help="compute dtype (parameters stay float32)")
   parser.add_argument("--finetune", choices=("lora", "full"), default="lora")
+  parser.add_argument("--set", default="",
+                      help="FamConfig overrides of the model, e.g. "
+                      "block_size=1024,fam_length=64")
   parser.add_argument("--peak_tflops", type=float, default=None,
                       help="the chip's dense peak (default: PEAK_TFLOPS)")
   args = parser.parse_args()
   kinds = args.attention.split(",")
+  overrides = parse_overrides(args.set)
   device = jax.devices()[0].device_kind
   peak = args.peak_tflops or PEAK_TFLOPS.get(device)
-  print(f"model {args.model}, batch {args.batch}, remat {args.remat}, "
+  print(f"model {args.model} {overrides or ''}, batch {args.batch}, remat {args.remat}, "
         f"{args.dtype}, finetune {args.finetune}, {device} "
         f"x{len(jax.devices())}, peak {peak or '?'} TFLOP/s")
   print("| tokens | attention | s/step (median) | tokens/s | compile s | "
@@ -149,16 +193,9 @@ def main():
   print("|---:|---|---:|---:|---:|---:|---:|---:|")
   for length in (int(x) for x in args.lengths.split(",")):
     runs = {k: build(args.model, k, length, args.batch, args.remat,
-                     args.dtype, args.finetune) for k in kinds}
-    times = {k: [] for k in kinds}
-    for _ in range(args.repeats):
-      for kind in kinds:
-        run = runs[kind]
-        start = time.perf_counter()
-        run["state"], metrics = run["step"](run["state"], run["batch"])
-        jax.block_until_ready(metrics)
-        times[kind].append(time.perf_counter() - start)
-    medians = {k: statistics.median(v) for k, v in times.items()}
+                     args.dtype, args.finetune, overrides) for k in kinds}
+    medians = {k: statistics.median(v)
+               for k, v in time_interleaved(runs, args.repeats).items()}
     for kind in kinds:
       ratio = (f"{medians[kind] / medians['bswa']:.3f}" if "bswa" in medians
                else "-")

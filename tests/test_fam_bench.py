@@ -1,0 +1,73 @@
+"""benchmarks/fam_bench.py (fam-bench) end to end on a tiny budget: its tables,
+JSON and plots, the FAM/BSWA ratios it prints, and XLA's memory plans it reads.
+No speed is asserted."""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import fam_bench  # noqa: E402  pylint: disable=g-import-not-at-top
+
+TINY = "num_layers=1,d_model=32,num_heads=2,mlp_dim=64,block_size=32,fam_length=4"
+
+
+def _table_rows(path):
+  with open(path) as f:
+    return [line.strip("|").split("|") for line in f.read().splitlines()
+            if line.startswith("| ") and not line.startswith("| tokens")
+            and not line.startswith("| context")]
+
+
+def test_train_rows_plot_ratio_and_memory(tmp_path):
+  fam_bench.main(["train", "--out", str(tmp_path), "--set", TINY,
+                  "--lengths", "64,512", "--full-max", "512", "--repeats",
+                  "2"])
+  rows = json.load(open(tmp_path / "train.json"))
+  assert {(r["attention"], r["length"]) for r in rows} == {
+      (k, n) for k in ("full", "bswa", "fam") for n in (64, 512)}
+  assert os.path.getsize(tmp_path / "train.png") > 10_000
+  by = {(r["attention"], r["length"]): r for r in rows}
+  for r in rows:
+    assert len(r["times"]) == 2 and r["seconds"] > 0
+    assert r["us_per_token"] == pytest.approx(1e6 * r["seconds"] / r["length"])
+  # The table's FAM/BSWA column is the ratio of the medians.
+  for cells in _table_rows(tmp_path / "train.md"):
+    length, kind, ratio = int(cells[0].replace(",", "")), cells[1].strip(), cells[5]
+    if kind == "fam":
+      assert float(ratio) == pytest.approx(
+          by["fam", length]["seconds"] / by["bswa", length]["seconds"], abs=1e-3)
+  # Full attention's plan holds [T, T] scores: 8x the tokens grows it more
+  # than BSWA's, whose windows grow linearly.
+  growth = {k: by[k, 512]["memory_mib"] / by[k, 64]["memory_mib"]
+            for k in ("full", "bswa")}
+  assert growth["full"] > 1.5 * growth["bswa"], growth
+
+
+def test_train_stops_full_at_full_max(tmp_path):
+  fam_bench.main(["train", "--out", str(tmp_path), "--set", TINY,
+                  "--lengths", "64,128", "--full-max", "64", "--attention",
+                  "full,bswa", "--repeats", "1"])
+  rows = json.load(open(tmp_path / "train.json"))
+  assert sorted((r["attention"], r["length"]) for r in rows) == [
+      ("bswa", 64), ("bswa", 128), ("full", 64)]
+
+
+def test_decode_rows_and_plot(tmp_path):
+  fam_bench.main(["decode", "--out", str(tmp_path), "--lengths", "100,300",
+                  "--decode-tokens", "4", "--repeats", "1"])
+  rows = json.load(open(tmp_path / "decode.json"))
+  assert [(r["attention"], r["length"]) for r in rows] == [
+      ("fam", 100), ("bswa", 100), ("fam", 300), ("bswa", 300)]
+  assert all(r["ms_per_token"] > 0 and len(r["times"]) == 1 for r in rows)
+  assert os.path.getsize(tmp_path / "decode.png") > 10_000
+  cells = _table_rows(tmp_path / "decode.md")
+  assert [c[3].strip() for c in cells if c[0].strip() == "100"] == [
+      "1.000", "1.000"]  # each kind against its own first length
+
+
+def test_mfu_refuses_cpu_without_allow_cpu(tmp_path):
+  with pytest.raises(SystemExit, match="no GPU or TPU"):
+    fam_bench.main(["mfu", "--out", str(tmp_path)])
