@@ -179,7 +179,7 @@ def train(attention: str, stages, args) -> tuple[dict, FamConfig, list]:
   cfg = FamConfig(**{**MODEL, **args.model}, attention=attention)
   mesh = sharding.make_mesh()
   rows = Rows(args.seed)
-  params, log = None, []
+  params, log = load_npz(args.init)[0] if args.init else None, []
   forward = jax.jit(lambda p, t, s: FamLM(cfg).apply(
       {"params": p}, t, segment_ids=s))
   done = 0
@@ -226,12 +226,19 @@ def train(attention: str, stages, args) -> tuple[dict, FamConfig, list]:
   return params, cfg, log
 
 
-def export(npz: str, out: str) -> None:
+def load_npz(npz: str) -> tuple[dict, FamConfig]:
+  """(params, config) of a <out>/<attention>.npz this script wrote."""
   from fam_jax import checkpoint  # pylint: disable=g-import-not-at-top
   with np.load(npz) as f:
     flat = {tuple(k.split("/")): f[k] for k in f.files if k != "__config__"}
     cfg = checkpoint.config_from_dict(json.loads(str(f["__config__"])))
-  checkpoint.save_checkpoint(out, traverse_util.unflatten_dict(flat), cfg)
+  return traverse_util.unflatten_dict(flat), cfg
+
+
+def export(npz: str, out: str) -> None:
+  from fam_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  params, cfg = load_npz(npz)
+  checkpoint.save_checkpoint(out, params, cfg)
   print(out)
 
 
@@ -257,6 +264,9 @@ def main(argv=None) -> int:
   parser.add_argument("--eval-every", type=int, default=500)
   parser.add_argument("--eval-examples", type=int, default=100)
   parser.add_argument("--lengths", default="32,128,512,1024,2048,4096")
+  parser.add_argument("--init", metavar="NPZ",
+                      help="start from the parameters of an earlier probe's "
+                      "<attention>.npz (one attention per run)")
   parser.add_argument("--no-params", action="store_true",
                       help="write probe.json only")
   parser.add_argument("--export", nargs=2, metavar=("NPZ", "DIR"),
@@ -265,6 +275,8 @@ def main(argv=None) -> int:
   if args.export:
     export(*args.export)
     return 0
+  if args.init and "," in args.attention:
+    parser.error("--init: give one --attention, the npz's")
   stages = []
   for spec in args.stages.split(","):
     kind, steps, length, batch = spec.split(":")
