@@ -176,10 +176,17 @@ def evaluate(params, cfg: FamConfig, filler: int, examples: int, seed: int,
 
 
 def train(attention: str, stages, args) -> tuple[dict, FamConfig, list]:
-  cfg = FamConfig(**{**MODEL, **args.model}, attention=attention)
+  if args.init:  # the npz's own model
+    params, cfg = load_npz(args.init)
+    if cfg.attention != attention:
+      raise SystemExit(f"--init {args.init} holds a {cfg.attention} model, "
+                       f"not {attention}")
+  else:
+    params = None
+    cfg = FamConfig(**{**MODEL, **args.model}, attention=attention)
   mesh = sharding.make_mesh()
   rows = Rows(args.seed)
-  params, log = load_npz(args.init)[0] if args.init else None, []
+  log = []
   forward = jax.jit(lambda p, t, s: FamLM(cfg).apply(
       {"params": p}, t, segment_ids=s))
   done = 0
@@ -248,7 +255,8 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="runs/probe")
   parser.add_argument("--stages", default="induct_near:3000:384:32,"
                       "far:2000:1152:8",
-                      help="kind:steps:length:batch, comma-separated")
+                      help="kind:steps:length:batch, comma-separated; '' "
+                      "with --init: evaluate only")
   parser.add_argument("--attention", default="fam,bswa")
   parser.add_argument("--lr", type=float, default=3e-3)
   parser.add_argument("--lr-later", type=float, default=None,
@@ -265,8 +273,8 @@ def main(argv=None) -> int:
   parser.add_argument("--eval-examples", type=int, default=100)
   parser.add_argument("--lengths", default="32,128,512,1024,2048,4096")
   parser.add_argument("--init", metavar="NPZ",
-                      help="start from the parameters of an earlier probe's "
-                      "<attention>.npz (one attention per run)")
+                      help="start from an earlier probe's <attention>.npz "
+                      "(its model; one attention per run)")
   parser.add_argument("--no-params", action="store_true",
                       help="write probe.json only")
   parser.add_argument("--export", nargs=2, metavar=("NPZ", "DIR"),
@@ -275,10 +283,10 @@ def main(argv=None) -> int:
   if args.export:
     export(*args.export)
     return 0
-  if args.init and "," in args.attention:
-    parser.error("--init: give one --attention, the npz's")
+  if args.init and ("," in args.attention or args.model):
+    parser.error("--init: give one --attention, the npz's, and no --model")
   stages = []
-  for spec in args.stages.split(","):
+  for spec in filter(None, args.stages.split(",")):
     kind, steps, length, batch = spec.split(":")
     if kind not in ("induct", "induct_near"):
       try:

@@ -2,6 +2,7 @@
 prompt, byte ids, weights), and its exact match counts an example right only
 when every answer token is."""
 
+import json
 import os
 import sys
 
@@ -63,3 +64,18 @@ def test_exact_match_needs_every_answer_token():
   predicted[3, np.flatnonzero(answer[3])[0]] = 7
   logits = jnp.asarray(np.eye(cfg.vocab_size, dtype=np.float32)[predicted])
   assert passkey_probe.exact_match(logits, targets, answer) == 60.0
+
+
+def test_init_evaluates_the_saved_parameters(tmp_path):
+  """--init with no stages scores the npz a run wrote exactly as that run's
+  final evaluation did (same parameters, same evaluation rows)."""
+  common = ["--attention", "fam", "--lengths", "0,32", "--eval-examples", "8"]
+  passkey_probe.main(["--out", str(tmp_path / "a"), "--stages", "near:2:384:2",
+                      "--model", "num_layers=1,d_model=32,mlp_dim=64,"
+                      "block_size=32,fam_length=4", "--watch", "0",
+                      "--eval-every", "100", *common])
+  passkey_probe.main(["--out", str(tmp_path / "b"), "--stages", "", "--init",
+                      str(tmp_path / "a" / "fam.npz"), "--no-params", *common])
+  final = lambda d: json.load(open(tmp_path / d / "probe.json"))["log"][-1]
+  assert final("a") == final("b")
+  assert set(final("b")["final"]) == {"0", "32"}
