@@ -90,11 +90,21 @@ def _length_axis(ax, lengths) -> None:
   ax.minorticks_off()
 
 
-def _ratio(rows: list[dict], kind: str, key: str, other: str = "bswa"):
-  """{length: rows[kind][key] / rows[other][key]} where both exist."""
+def _fam_bswa_cells(rows: list[dict], key: str) -> list[str]:
+  """Per row, the table cell FAM/BSWA of `key` at the row's length: filled on
+  fam rows whose length has a bswa row, empty otherwise."""
   by = {(r["attention"], r["length"]): r[key] for r in rows}
-  return {n: v / by[(other, n)] for (k, n), v in by.items()
-          if k == kind and (other, n) in by}
+  return [f"{by['fam', r['length']] / by['bswa', r['length']]:.3f}"
+          if r["attention"] == "fam" and ("bswa", r["length"]) in by else ""
+          for r in rows]
+
+
+def _plot_by_kind(ax, rows: list[dict], key: str) -> None:
+  """One line per attention kind: rows' `key` against length."""
+  for kind in dict.fromkeys(r["attention"] for r in rows):
+    mine = [r for r in rows if r["attention"] == kind]
+    ax.plot([r["length"] for r in mine], [r[key] for r in mine], "o-",
+            label=kind)
 
 
 # (a) ------------------------------------------------------------------------
@@ -114,26 +124,19 @@ def bench_train(args) -> list[dict]:
                        memory_mib=run["memory"] / MIB, times=times[kind]))
       print(json.dumps(rows[-1]), flush=True)
     del runs
-  fam_bswa = _ratio(rows, "fam", "seconds")
   table = [f"model {args.model} {overrides or ''}, batch {args.batch}, remat "
            f"{args.remat}, {args.dtype}, {jax.devices()[0].device_kind}; "
            f"medians of {args.repeats}", "",
            "| tokens | attention | s/step | µs/token | planned MiB | "
            "FAM/BSWA time |", "|---:|---|---:|---:|---:|---:|"]
-  for r in rows:
-    ratio = (f"{fam_bswa[r['length']]:.3f}" if r["attention"] == "fam"
-             and r["length"] in fam_bswa else "")
+  for r, ratio in zip(rows, _fam_bswa_cells(rows, "seconds")):
     table.append(f"| {r['length']:,} | {r['attention']} | {r['seconds']:.3f} "
                  f"| {r['us_per_token']:.1f} | {r['memory_mib']:,.0f} | "
                  f"{ratio} |")
   plt = _pyplot()
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
-  for kind in kinds:
-    mine = [r for r in rows if r["attention"] == kind]
-    ax_t.plot([r["length"] for r in mine], [r["us_per_token"] for r in mine],
-              "o-", label=kind)
-    ax_m.plot([r["length"] for r in mine], [r["memory_mib"] for r in mine],
-              "o-", label=kind)
+  _plot_by_kind(ax_t, rows, "us_per_token")
+  _plot_by_kind(ax_m, rows, "memory_mib")
   ax_t.set(xlabel="tokens per row", ylabel="µs per token (step / tokens)",
            title="train step time per token", ylim=(0, None))
   ax_m.set(yscale="log", xlabel="tokens per row", ylabel="MiB (XLA's plan)",
@@ -193,26 +196,20 @@ def bench_decode(args) -> list[dict]:
                        prefill_seconds=s["prefill_seconds"],
                        times=times[kind]))
       print(json.dumps(rows[-1]), flush=True)
-  fam_bswa = _ratio(rows, "fam", "ms_per_token")
   table = [f"{args.gin} {args.gin_binding}, {jax.devices()[0].device_kind}, "
            f"{args.decode_tokens} tokens by `generate`, medians of "
            f"{args.repeats}", "",
            "| context | attention | ms/token | vs its 1st length | "
            "FAM/BSWA |", "|---:|---|---:|---:|---:|"]
   first = {}
-  for r in rows:
+  for r, ratio in zip(rows, _fam_bswa_cells(rows, "ms_per_token")):
     first.setdefault(r["attention"], r["ms_per_token"])
-    ratio = (f"{fam_bswa[r['length']]:.3f}" if r["attention"] == "fam"
-             and r["length"] in fam_bswa else "")
     table.append(f"| {r['length']:,} | {r['attention']} | "
                  f"{r['ms_per_token']:.3f} | "
                  f"{r['ms_per_token'] / first[r['attention']]:.3f} | {ratio} |")
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
-  for kind in kinds:
-    mine = [r for r in rows if r["attention"] == kind]
-    ax.plot([r["length"] for r in mine], [r["ms_per_token"] for r in mine],
-            "o-", label=kind)
+  _plot_by_kind(ax, rows, "ms_per_token")
   ax.set(xlabel="tokens of context", ylabel="ms per token",
          title="streaming decode per token", ylim=(0, None))
   _length_axis(ax, lengths)
