@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import os
 import time
@@ -63,6 +64,8 @@ ALPHABET = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz ", np.uint8)
 MODEL = dict(vocab_size=259, num_layers=2, d_model=128, num_heads=4,
              num_kv_heads=2, mlp_dim=256, block_size=64, memory_segments=3,
              fam_length=8)
+# What --model may change in a model read with --init: its attention windows.
+INIT_OVERRIDES = {"block_size", "memory_segments"}
 
 
 def passkey_text() -> dict:
@@ -181,6 +184,8 @@ def train(attention: str, stages, args) -> tuple[dict, FamConfig, list]:
     if cfg.attention != attention:
       raise SystemExit(f"--init {args.init} holds a {cfg.attention} model, "
                        f"not {attention}")
+    # The windows (N, m) hold no parameters: a curriculum may change them.
+    cfg = dataclasses.replace(cfg, **args.model)
   else:
     params = None
     cfg = FamConfig(**{**MODEL, **args.model}, attention=attention)
@@ -265,7 +270,10 @@ def main(argv=None) -> int:
                       help="TrainConfig.state_passing_probability")
   parser.add_argument("--model", default="",
                       help="FamConfig overrides, e.g. fam_length=16,"
-                      "first_fam_residual=initial")
+                      "first_fam_residual=initial; with --init only "
+                      "block_size and memory_segments (a curriculum "
+                      "may train with m=0, so that only the FAM reaches "
+                      "past the block, and evaluate with m=3)")
   parser.add_argument("--watch", default="32,128",
                       help="filler lengths evaluated during training")
   parser.add_argument("--seed", type=int, default=0)
@@ -283,8 +291,8 @@ def main(argv=None) -> int:
   if args.export:
     export(*args.export)
     return 0
-  if args.init and ("," in args.attention or args.model):
-    parser.error("--init: give one --attention, the npz's, and no --model")
+  if args.init and "," in args.attention:
+    parser.error("--init: give one --attention, the npz's")
   stages = []
   for spec in filter(None, args.stages.split(",")):
     kind, steps, length, batch = spec.split(":")
@@ -299,6 +307,9 @@ def main(argv=None) -> int:
   args.model = {k: (v if not v.lstrip("-").isdigit() else int(v))
                 for k, v in (kv.split("=") for kv in args.model.split(",")
                              if kv)}
+  if args.init and set(args.model) - INIT_OVERRIDES:
+    parser.error(f"--init with --model: only {sorted(INIT_OVERRIDES)} (they "
+                 f"hold no parameters), not {sorted(set(args.model) - INIT_OVERRIDES)}")
   os.makedirs(args.out, exist_ok=True)
   from fam_jax import checkpoint  # pylint: disable=g-import-not-at-top
   logs = []

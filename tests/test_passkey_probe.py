@@ -8,6 +8,7 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import seqio
 
 from fam_jax.config import FamConfig
@@ -79,3 +80,13 @@ def test_init_evaluates_the_saved_parameters(tmp_path):
   final = lambda d: json.load(open(tmp_path / d / "probe.json"))["log"][-1]
   assert final("a") == final("b")
   assert set(final("b")["final"]) == {"0", "32"}
+
+
+def test_init_may_change_only_the_windows(tmp_path):
+  """--init with --model: N and m hold no parameters (a curriculum may train
+  with m=0, only the FAM reaching past the block); anything else is refused
+  before any work."""
+  with pytest.raises(SystemExit):
+    passkey_probe.main(["--out", str(tmp_path), "--stages", "", "--init",
+                        str(tmp_path / "none.npz"), "--attention", "fam",
+                        "--model", "memory_segments=0,fam_length=16"])
