@@ -88,18 +88,14 @@ def generate(params, cfg: FamConfig, state: streaming.StreamState, prompts,
   active = jnp.ones((batch,), bool)
   stopped = jnp.zeros((batch,), bool)
   full = jnp.zeros((batch,), bool)
-  # attention='full': tokens in each stream's KV cache, tracked on the host to
-  # pick how much of the cache each dispatch attends to.
-  cached = int(np.max(np.asarray(state.fill)))
   out: list[list[int]] = [[] for _ in range(batch)]
   rng = jax.random.PRNGKey(seed)
   start = time.perf_counter()
   done = 0
   while done < max_new_tokens:
     steps = min(tokens_per_dispatch, max_new_tokens - done)
-    view = streaming.attended_slots(cfg, state.block_size, cached + steps)
     run = _decode(params, state, logits, rng, active, stopped, full, stop,
-                  jnp.int32(steps), cfg, sampling, tokens_per_dispatch, view)
+                  jnp.int32(steps), cfg, sampling, tokens_per_dispatch)
     state, logits, rng, active, stopped, full, tokens, emitted = run
     tokens, emitted = np.asarray(tokens), np.asarray(emitted)
     for t, b in zip(*np.nonzero(emitted)):
@@ -107,7 +103,6 @@ def generate(params, cfg: FamConfig, state: streaming.StreamState, prompts,
       if on_token is not None:
         on_token(int(b), int(tokens[t, b]))
     done += steps
-    cached += steps
     if not np.asarray(active).any():
       break
   jax.block_until_ready(state)
@@ -118,10 +113,10 @@ def generate(params, cfg: FamConfig, state: streaming.StreamState, prompts,
                     prompt_tokens=prompt_tokens)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "width", "view"),
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "width"),
                    donate_argnames=("state",))
 def _decode(params, state, logits, rng, active, stopped, full, stop, steps,
-            cfg: FamConfig, sampling: SamplingConfig, width: int, view: int):
+            cfg: FamConfig, sampling: SamplingConfig, width: int):
   """Up to `steps` (<= width) tokens of every active stream in one dispatch:
   sample, stop at a stop token (or, attention='full', when the KV cache is
   full), feed the token back.
@@ -145,7 +140,7 @@ def _decode(params, state, logits, rng, active, stopped, full, stop, steps,
     stopped, active = stopped | finished, active & ~finished
     logits, state = streaming.step(params, state,
                                    jnp.where(active, token, 0)[:, None],
-                                   active.astype(jnp.int32), cfg, False, view)
+                                   active.astype(jnp.int32), cfg, False)
     return i + 1, state, logits, rng, active, stopped, full, tokens, emitted
 
   def more(carry):

@@ -148,7 +148,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
   Returns:
     [..., T, H, E] in the dtype of q. Logits and softmax run in float32.
   """
-  return attend_parts(q, [(k, v)], mask)
+  heads_major = lambda x: jnp.swapaxes(x, -3, -2)
+  return attend_parts(q, [(heads_major(k), heads_major(v))], mask)
 
 
 def attend_parts(q: jax.Array, parts, mask: jax.Array) -> jax.Array:
@@ -158,37 +159,62 @@ def attend_parts(q: jax.Array, parts, mask: jax.Array) -> jax.Array:
   never concatenated (no copy of a KV cache per step).
 
   Layout: each key/value head's queries (T positions x G heads) are the rows
-  of one plain batched matmul, [..., K, T*G, E] @ [..., K, E, S], and the
-  probabilities [..., K, T*G, S] multiply [..., K, S, E]. On CPU this runs the
-  streaming chunk's attention 1.9x and the training block attention's
-  forward+backward up to 1.6x faster than einsums whose outputs put G before T
-  (XLA then transposes the float32 scores; benchmarks/fam_bench.py).
+  of one plain batched matmul, [..., K, T*G, E] @ [..., K, S, E]^T, and the
+  probabilities [..., K, T*G, S] multiply [..., K, S, E]. The pieces come
+  head-major ([..., K, S, E], as the streaming caches store them), so neither
+  matmul transposes a cache: XLA multiplies by K^T in place. On CPU this
+  layout runs the streaming chunk's attention 1.9x and the training block
+  attention's forward+backward up to 1.6x faster than einsums whose outputs
+  put G before T (XLA then transposes the float32 scores), and head-major
+  caches decode SmolLM2 faster than [S, K, E] ones, whose transposing copies
+  took 43% of a decode step (benchmarks/fam_bench.py).
 
   Args:
     q: [..., T, H, E] queries.
-    parts: sequence of (k [..., S_i, K, E], v [..., S_i, K, E]).
+    parts: sequence of (k [..., K, S_i, E], v [..., K, S_i, E]).
     mask: broadcastable to [..., T, sum S_i].
   """
-  *batch, t, h, e = q.shape
-  kv_heads = parts[0][0].shape[-2]
-  g = h // kv_heads
-  q = jnp.moveaxis(q.reshape(*batch, t, kv_heads, g, e), -3, -4)
-  q = q.reshape(*batch, kv_heads, t * g, e) * (1.0 / math.sqrt(e))
-  logits = [jnp.matmul(q, jnp.moveaxis(k, -3, -1),
+  *batch, t, h, _ = q.shape
+  kv_heads = parts[0][0].shape[-3]
+  q = group_queries(q, kv_heads)
+  logits = [jnp.einsum("...qe,...se->...qs", q, k,
                        preferred_element_type=jnp.float32) for k, _ in parts]
   logits = logits[0] if len(logits) == 1 else jnp.concatenate(logits, axis=-1)
-  s = logits.shape[-1]
-  logits = logits.reshape(*batch, kv_heads, t, g, s)
-  logits = jnp.where(mask[..., None, :, None, :], logits, MASKED_LOGIT)
-  probs = jax.nn.softmax(logits, axis=-1).reshape(*batch, kv_heads, t * g, s)
+  logits = masked(logits, mask, h // kv_heads)
+  probs = jax.nn.softmax(logits, axis=-1)
   out, start = None, 0
   for _, v in parts:
-    size = v.shape[-3]
-    piece = jnp.matmul(probs[..., start:start + size].astype(v.dtype),
-                       jnp.moveaxis(v, -2, -3))
+    size = v.shape[-2]
+    piece = jnp.matmul(probs[..., start:start + size].astype(v.dtype), v)
     out, start = piece if out is None else out + piece, start + size
-  out = jnp.moveaxis(out.reshape(*batch, kv_heads, t, g, e), -4, -3)
-  return out.reshape(*batch, t, h, e)
+  return ungroup_heads(out, t)
+
+
+def group_queries(q: jax.Array, kv_heads: int) -> jax.Array:
+  """[..., T, H, E] queries -> [..., K, T*G, E], scaled by 1/sqrt(E): the rows
+  of key/value head k are its G query heads at every position."""
+  *batch, t, h, e = q.shape
+  g = h // kv_heads
+  q = jnp.moveaxis(q.reshape(*batch, t, kv_heads, g, e), -3, -4)
+  return q.reshape(*batch, kv_heads, t * g, e) * (1.0 / math.sqrt(e))
+
+
+def masked(logits: jax.Array, mask: jax.Array, g: int) -> jax.Array:
+  """[..., K, T*G, S] logits with MASKED_LOGIT where mask [..., T, S] is
+  False (every query head of a position shares its mask)."""
+  *batch, k, tg, s = logits.shape
+  logits = logits.reshape(*batch, k, tg // g, g, s)
+  logits = jnp.where(mask[..., None, :, None, :], logits, MASKED_LOGIT)
+  return logits.reshape(*batch, k, tg, s)
+
+
+def ungroup_heads(out: jax.Array, t: int) -> jax.Array:
+  """The inverse of `group_queries` for outputs: [..., K, T*G, E] ->
+  [..., T, H, E]."""
+  *batch, k, tg, e = out.shape
+  g = tg // t
+  out = jnp.moveaxis(out.reshape(*batch, k, t, g, e), -4, -3)
+  return out.reshape(*batch, t, k * g, e)
 
 
 def pre_attention(w, x: jax.Array, positions: jax.Array, cfg):

@@ -133,7 +133,7 @@ def fam_update_mask(valid_block: jax.Array, fam_length: int,
 
 def stream_chunk_mask(fill: jax.Array, end: jax.Array, blocks_done: jax.Array,
                       chunk_length: int, block_size: int, memory_segments: int,
-                      fam_length: int, view: Optional[int] = None) -> jax.Array:
+                      fam_length: int) -> jax.Array:
   """Mask of a streaming step: the queries of a chunk of up to one block.
 
   A stream's state holds the keys of its last m blocks in a ring buffer and
@@ -156,14 +156,13 @@ def stream_chunk_mask(fill: jax.Array, end: jax.Array, blocks_done: jax.Array,
     block_size: N.
     memory_segments: m.
     fam_length: F (0 without FAM).
-    view: block slots the step attends to (default N).
 
   Returns:
-    [B, C, m·N + F + view].
+    [B, C, m·N + F + N].
   """
   b = fill.shape[0]
   n, m = block_size, memory_segments
-  slot = jnp.arange(n if view is None else view)
+  slot = jnp.arange(n)
   query_slot = fill[:, None] + jnp.arange(chunk_length)  # [B, C]
   ring_valid = jnp.arange(m)[None] < blocks_done[:, None]  # [B, m]
   ring = jnp.repeat(ring_valid, n, axis=1)[:, None, :]

@@ -3,11 +3,10 @@
     need = stream_memory(cfg, batch_size=1, capacity=8192)
     check_fits(need, cfg)     # raises MemoryTooSmall naming the flag to change
 
-For `attention='full'` the stream is one KV cache of `capacity` tokens, and each
-prefill chunk of c tokens computes float32 attention scores [B, H, c, capacity]
-in every layer: both grow with the capacity, the scores quadratically in
-practice (c = min(capacity, 512)). For bswa/fam everything is bounded by the
-block size N and the m memory segments.
+For `attention='full'` the stream is one KV cache of `capacity` tokens, which
+grows with the capacity; a step's float32 scores do not: they cover one tile
+of the cache at a time ([B, H, c, tile], `streaming.CACHE_TILE`). For bswa/fam
+everything is bounded by the block size N and the m memory segments.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import numpy as np
 
 from fam_jax.config import FamConfig
 from fam_jax.model import FamLM
+from fam_jax.streaming import CACHE_TILE
 
 GIB = 2**30
 FULL_CHUNK = 512  # streaming.prefill's default chunk for attention='full'
@@ -38,11 +38,13 @@ class StreamMemory:
     weights: the parameters.
     state: the StreamState (FAM, ring buffer, current block or KV cache).
     activations: the largest step's temporaries: per layer, float32 scores,
-      masked scores and probabilities [B, H, c, S] for c queries and S keys,
+      masked scores and probabilities [B, H, c, S] for c queries and S keys
+      (full attention: S is one tile of its cache, plus the online softmax's
+      float32 [B, H, c, E] weighted values),
       their mask, the keys and values gathered for them, the projections and
       feed-forward activations of the c tokens, and the new state (XLA fuses
       some of these; tests/test_memory.py compares the sum with XLA's own
-      analysis: 1.0-1.5x).
+      analysis: 1.0-1.6x).
   """
 
   weights: int
@@ -85,21 +87,27 @@ def stream_memory(cfg: FamConfig, *, batch_size: int = 1,
   counters = b * (3 * 4 + 1)  # position, fill, blocks_done; fam_fresh
   state = layers * b * (f * cfg.d_model + (f + m * n + n) * kv_token) * act
   state += counters
-  keys = m * n + f + n
+  # The keys one softmax sees at a time: full attention reads a tile.
+  keys = m * n + f + n if cfg.is_blockwise else min(n, CACHE_TILE)
   scores = 3 * b * cfg.num_heads * chunk * keys * 4
   mask = b * chunk * keys
   gathered = b * keys * kv_token * act
   projections = b * chunk * (2 * cfg.d_model + (cfg.num_heads + 2 *
                                                 cfg.num_kv_heads) * cfg.head_dim) * act
   mlp = 3 * b * chunk * cfg.mlp_dim * act
+  # Full attention's online softmax carries float32 weighted values.
+  carried = 0 if cfg.is_blockwise else b * chunk * cfg.num_heads * cfg.head_dim * 4
   shapes = jax.eval_shape(FamLM(cfg).init, jax.random.PRNGKey(0),
                           jnp.zeros((1, 1), jnp.int32))["params"]
   weights = sum(int(np.prod(x.shape)) * x.dtype.itemsize
                 for x in jax.tree_util.tree_leaves(shapes))
-  # The step writes the new state beside the old one before the old is freed.
+  # A blockwise step writes the new state beside the old one before the old
+  # is freed; full attention's KV cache is updated in place (XLA plans the same
+  # temporaries at every capacity).
+  written = state if cfg.is_blockwise else 0
   return StreamMemory(weights=weights, state=state,
                       activations=(scores + mask + gathered + projections + mlp
-                                   + state))
+                                   + carried + written))
 
 
 def available_memory() -> Optional[int]:

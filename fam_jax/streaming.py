@@ -8,7 +8,8 @@ as the training path does (`blockwise.fam_scan`) and the block moves into the ri
 Every array has a fixed shape, so one compiled step serves an unbounded stream.
 
 `attention='full'` streams as one block whose size is the stream's capacity (an
-ordinary KV cache); `bswa` is the same without FAM.
+ordinary KV cache, read a tile at a time: `_attend_cache`); `bswa` is the same
+without FAM.
 
     state = init_state(params, cfg, batch_size=1)
     logits, state = prefill(params, cfg, state, tokens)       # [B, V] last token
@@ -31,11 +32,13 @@ from fam_jax.checkpoint import (config_to_dict, orbax_checkpointer,
                                 params_fingerprint, restore_arrays)
 from fam_jax.config import FamConfig
 from fam_jax.jsonfile import read_json
-from fam_jax.layers import (attend_parts, embed, output_logits, post_attention,
-                            pre_attention)
+from fam_jax.layers import (MASKED_LOGIT, attend_parts, embed, group_queries,
+                            masked, output_logits, post_attention,
+                            pre_attention, ungroup_heads)
 from fam_jax.weights import ModelWeights
 
-STATE_FORMAT = "fam-jax-stream/2"  # /2: with the weights' fingerprint
+# /2: with the weights' fingerprint; /3: KV caches head-major [.., K, N, E].
+STATE_FORMAT = "fam-jax-stream/3"
 STATE_FILE = "stream.json"
 
 
@@ -51,8 +54,11 @@ class StreamState(NamedTuple):
     fam: [L, B, F, D] FAM entering the current block.
     fam_k, fam_v: [L, B, F, K, E] its keys (RoPE at the F positions just before
       the block) and values.
-    memory_k, memory_v: [L, B, m, N, K, E] the last m blocks' keys and values.
-    block_k, block_v: [L, B, N, K, E] the current block's keys and values.
+    memory_k, memory_v: [L, B, K, m, N, E] the last m blocks' keys and values.
+    block_k, block_v: [L, B, K, N, E] the current block's keys and values.
+
+  The KV caches are head-major (each key/value head's slots contiguous) so
+  that attention reads them in place (`layers.attend_parts`).
   """
 
   position: jax.Array
@@ -69,7 +75,7 @@ class StreamState(NamedTuple):
 
   @property
   def block_size(self) -> int:
-    return self.block_k.shape[2]
+    return self.block_k.shape[3]
 
 
 def _stream_block_size(cfg: FamConfig, capacity: Optional[int]) -> int:
@@ -97,6 +103,7 @@ def init_state(params, cfg: FamConfig, batch_size: int = 1, *,
   m = cfg.memory_segments if cfg.is_blockwise else 0
   f, b, layers = cfg.num_fam_tokens, batch_size, cfg.num_layers
   kv = (cfg.num_kv_heads, cfg.head_dim)
+  heads, head_dim = kv
   dtype = cfg.compute_dtype
   zeros = lambda *shape: jnp.zeros(shape, dtype)
   position = jnp.full((b,), start_position, jnp.int32)
@@ -111,8 +118,10 @@ def init_state(params, cfg: FamConfig, batch_size: int = 1, *,
       blocks_done=jnp.zeros((b,), jnp.int32),
       fam_fresh=jnp.ones((b,), bool),
       fam=fam, fam_k=fam_k, fam_v=fam_v,
-      memory_k=zeros(layers, b, m, n, *kv), memory_v=zeros(layers, b, m, n, *kv),
-      block_k=zeros(layers, b, n, *kv), block_v=zeros(layers, b, n, *kv))
+      memory_k=zeros(layers, b, heads, m, n, head_dim),
+      memory_v=zeros(layers, b, heads, m, n, head_dim),
+      block_k=zeros(layers, b, heads, n, head_dim),
+      block_v=zeros(layers, b, heads, n, head_dim))
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -134,61 +143,108 @@ def _initial_fam(params, cfg: FamConfig, position: jax.Array):
   return fam, k, v
 
 
-def attended_slots(cfg: FamConfig, block_size: int, end: int) -> int:
-  """How many block slots a step attends to when its streams end at `end`.
+# attention='full' reads its KV cache in tiles of this many slots, and only the
+# tiles that hold keys (`_attend_cache`). [choice: 512, the prefill chunk; at
+# SmolLM2's shapes 256 and 1024 were no faster on CPU.]
+CACHE_TILE = 512
 
-  BSWA/FAM: the whole block (N is small). Full attention: the filled prefix
-  of the KV cache rounded up to a power of two (at least 256), so decoding
-  compiles one step per bucket, not per token, and never runs a softmax over
-  the empty rest of the capacity.
+
+def _attend_cache(q, cache_k, cache_v, layer, query_slot, end):
+  """attention='full': a chunk's queries over one layer's KV cache, causal.
+
+  The keys are read tile by tile with an online softmax (running max, sum and
+  weighted values), and only the tiles below the fullest stream's end: the
+  work follows the filled prefix, not the capacity, and one compiled step
+  serves every length. No [chunk, capacity] scores exist at any time.
+
+  Args:
+    q: [B, C, H, E] the chunk's queries.
+    cache_k, cache_v: [L, B, K, N, E] every layer's cache, the chunk written.
+    layer: this layer's index into the caches.
+    query_slot: [B, C] the cache slot of each query (it sees slots up to it).
+    end: [B] slots filled after the chunk (later slots are empty).
+
+  Returns:
+    [B, C, H, E].
   """
-  if cfg.is_blockwise:
-    return block_size
-  bucket = 256
-  while bucket < end:
-    bucket *= 2
-  return min(bucket, block_size)
+  _, b, kv_heads, n, e = cache_k.shape
+  c, h = q.shape[1], q.shape[2]
+  tile = min(CACHE_TILE, n)
+  rows = group_queries(q, kv_heads)  # [B, K, C*G, E]
+
+  def read(cache, at):
+    return jax.lax.dynamic_slice(cache, (layer, 0, 0, at, 0),
+                                 (1, b, kv_heads, tile, e))[0]
+
+  def one_tile(i, carry):
+    top, total, acc = carry
+    start = i * tile
+    at = jnp.minimum(start, n - tile)  # a last, partial tile reads back
+    slot = at + jnp.arange(tile)
+    mask = ((slot >= start) & (slot[None, None] <= query_slot[..., None])
+            & (slot < end[:, None, None]))  # [B, C, tile]
+    logits = masked(jnp.einsum("bkqe,bkse->bkqs", rows, read(cache_k, at),
+                               preferred_element_type=jnp.float32),
+                    mask, h // kv_heads)
+    new_top = jnp.maximum(top, logits.max(axis=-1))
+    rescale = jnp.exp(top - new_top)
+    probs = jnp.exp(logits - new_top[..., None])
+    values = read(cache_v, at)
+    acc = acc * rescale[..., None] + jnp.matmul(probs.astype(values.dtype),
+                                                values)
+    return new_top, total * rescale + probs.sum(axis=-1), acc
+
+  shape = rows.shape[:-1]
+  carry = (jnp.full(shape, MASKED_LOGIT, jnp.float32),
+           jnp.zeros(shape, jnp.float32), jnp.zeros(rows.shape, jnp.float32))
+  tiles = (jnp.max(end) + tile - 1) // tile
+  _, total, acc = jax.lax.fori_loop(0, tiles, one_tile, carry)
+  return ungroup_heads((acc / total[..., None]).astype(q.dtype), c)
 
 
 def _write_chunk(cache, new, layer, fill, end, start):
-  """Writes new[b, :end[b] - fill[b]] into cache[layer, b, fill[b]:end[b]].
+  """Writes new[b, :end[b] - fill[b]] into cache[layer, b, :, fill[b]:end[b]].
 
   One dynamic_update_slice of C slots per stream (in place in a donated
   buffer); the window starts at start[b] <= fill[b] so that it fits in the
   block, and slots of the window outside [fill, end) keep their keys.
+
+  Args:
+    cache: [L, B, K, N, E]; new: [B, C, K, E].
   """
   b, c = new.shape[:2]
+  heads, head_dim = cache.shape[2], cache.shape[4]
+  new = jnp.swapaxes(new, 1, 2)  # [B, K, C, E]
   for s in range(b):
-    at = (layer, s, start[s], 0, 0)
-    old = jax.lax.dynamic_slice(cache, at, (1, 1, c, *cache.shape[3:]))[0, 0]
+    at = (layer, s, 0, start[s], 0)
+    old = jax.lax.dynamic_slice(cache, at, (1, 1, heads, c, head_dim))[0, 0]
     slot = start[s] + jnp.arange(c)
     keep = (slot >= fill[s]) & (slot < end[s])
     source = jnp.clip(slot - fill[s], 0, c - 1)
-    window = jnp.where(keep[:, None, None], new[s, source], old)
+    window = jnp.where(keep[:, None], new[s][:, source], old)
     cache = jax.lax.dynamic_update_slice(cache, window[None, None], at)
   return cache
 
 
 def _move_block_into_ring(memory, block, complete, blocks_done):
-  """Stream b's completed block goes into ring slot blocks_done[b] % m."""
-  m = memory.shape[2]
+  """Stream b's completed block goes into ring slot blocks_done[b] % m.
+
+  Args:
+    memory: [L, B, K, m, N, E]; block: [L, B, K, N, E].
+  """
+  layers, _, heads, m, n, head_dim = memory.shape
   for s in range(block.shape[1]):
-    at = (0, s, blocks_done[s] % m, 0, 0, 0)
-    old = jax.lax.dynamic_slice(memory, at, (memory.shape[0], 1, 1,
-                                             *memory.shape[3:]))
-    new = jnp.where(complete[s], block[:, s:s + 1, None], old)
+    at = (0, s, 0, blocks_done[s] % m, 0, 0)
+    old = jax.lax.dynamic_slice(memory, at, (layers, 1, heads, 1, n, head_dim))
+    new = jnp.where(complete[s], block[:, s:s + 1, :, None], old)
     memory = jax.lax.dynamic_update_slice(memory, new, at)
   return memory
 
 
 def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
-         cfg: FamConfig, all_logits: bool, view: Optional[int] = None):
+         cfg: FamConfig, all_logits: bool):
   """Consumes tokens[b, :n_new[b]] of every stream b, never crossing the end of
   its current block (n_new[b] <= N - fill[b]; the chunk width C <= N).
-
-  Args:
-    view: block slots attended to (`attended_slots`; >= every stream's fill +
-      n_new), default N.
 
   Returns:
     (logits [B, C, V] if all_logits else [B, V] of each stream's last new token,
@@ -198,8 +254,7 @@ def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
   # scanned layers (the default) for fast streaming.
   w = ModelWeights.from_params(params, cfg)
   n = state.block_size
-  view = n if view is None else view
-  m = state.memory_k.shape[2]
+  m = state.memory_k.shape[3]
   f = cfg.num_fam_tokens
   b, c = tokens.shape
   positions = state.position[:, None] + jnp.arange(c)  # [B, C]
@@ -207,9 +262,12 @@ def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
   complete = (end == n) if cfg.is_blockwise else jnp.zeros((b,), bool)
   start = jnp.minimum(state.fill, n - c)
 
-  # Keys: [ring (m·N) | FAM (F) | current block (its first `view` slots)].
-  mask = masks.stream_chunk_mask(state.fill, end, state.blocks_done, c, n, m, f,
-                                 view)
+  # Keys: [ring (m·N) | FAM (F) | current block]; full attention reads its
+  # cache in tiles instead (`_attend_cache`).
+  if cfg.is_blockwise:
+    mask = masks.stream_chunk_mask(state.fill, end, state.blocks_done, c, n, m,
+                                   f)
+  query_slot = state.fill[:, None] + jnp.arange(c)
   block_start = state.position - state.fill
   next_block_start = state.position + n_new
 
@@ -220,17 +278,25 @@ def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
     blk_k = _write_chunk(blk_k, k, index, state.fill, end, start)
     blk_v = _write_chunk(blk_v, v, index, state.fill, end, start)
     layer_kv = lambda cache, size: jax.lax.dynamic_slice(
-        cache, (index, 0, 0, 0, 0), (1, b, size, *cache.shape[3:]))[0]
-    parts = [(mem_k.reshape(b, m * n, *k.shape[2:]),
-              mem_v.reshape(b, m * n, *v.shape[2:])), (fam_k, fam_v),
-             (layer_kv(blk_k, view), layer_kv(blk_v, view))]
-    heads = attend_parts(q, [p for p in parts if p[0].shape[1]], mask)
+        cache, (index, 0, 0, 0, 0),
+        (1, b, cache.shape[2], size, cache.shape[4]))[0]  # [B, K, size, E]
+    heads_major = lambda x: jnp.swapaxes(x, 1, 2)
+    if cfg.is_blockwise:
+      parts = [(mem_k.reshape(b, k.shape[2], m * n, k.shape[3]),
+                mem_v.reshape(b, v.shape[2], m * n, v.shape[3])),
+               (heads_major(fam_k), heads_major(fam_v)),
+               (layer_kv(blk_k, n), layer_kv(blk_v, n))]
+      heads = attend_parts(q, [p for p in parts if p[0].shape[2]], mask)
+    else:
+      heads = _attend_cache(q, blk_k, blk_v, index, query_slot, end)
     x = post_attention(lw, heads, x, cfg)
     if f:
       fam, fam_k, fam_v = jax.lax.cond(
           jnp.any(complete),
-          lambda: _update_fam(lw, fam, fam_k, fam_v, layer_kv(blk_k, n),
-                              layer_kv(blk_v, n), state.fam_fresh, complete,
+          lambda: _update_fam(lw, fam, fam_k, fam_v,
+                              heads_major(layer_kv(blk_k, n)),
+                              heads_major(layer_kv(blk_v, n)),
+                              state.fam_fresh, complete,
                               block_start, next_block_start, cfg),
           lambda: (fam, fam_k, fam_v))
     return (x, blk_k, blk_v, index + 1), (fam, fam_k, fam_v)
@@ -279,7 +345,7 @@ def _update_fam(lw, fam, fam_k, fam_v, blk_k, blk_v, fresh, complete,
   return pick(new_fam, fam), pick(new_k, fam_k), pick(new_v, fam_v)
 
 
-_jit_step = jax.jit(step, static_argnames=("cfg", "all_logits", "view"),
+_jit_step = jax.jit(step, static_argnames=("cfg", "all_logits"),
                     donate_argnames=("state",))
 
 
@@ -293,10 +359,10 @@ def check_state(state: StreamState, cfg: FamConfig) -> None:
   want = {
       "fam": (cfg.num_layers, batch, cfg.num_fam_tokens, cfg.d_model),
       "fam_k": fam_kv, "fam_v": fam_kv,
-      "memory_k": (cfg.num_layers, batch, m, n, *kv),
-      "memory_v": (cfg.num_layers, batch, m, n, *kv),
-      "block_k": (cfg.num_layers, batch, n, *kv),
-      "block_v": (cfg.num_layers, batch, n, *kv),
+      "memory_k": (cfg.num_layers, batch, kv[0], m, n, kv[1]),
+      "memory_v": (cfg.num_layers, batch, kv[0], m, n, kv[1]),
+      "block_k": (cfg.num_layers, batch, kv[0], n, kv[1]),
+      "block_v": (cfg.num_layers, batch, kv[0], n, kv[1]),
       "position": (batch,), "fill": (batch,), "blocks_done": (batch,),
       "fam_fresh": (batch,),
   }
@@ -395,10 +461,9 @@ def prefill(params, cfg: FamConfig, state: StreamState, tokens, *,
     index = np.minimum(consumed[:, None] + np.arange(chunk)[None], length - 1)
     chunk_tokens = np.where(np.arange(chunk)[None] < take[:, None],
                             np.take_along_axis(tokens, index, axis=1), 0)
-    view = attended_slots(cfg, n, int((fill + take).max()))
     logits, state = _jit_step(params, state, jnp.asarray(chunk_tokens, jnp.int32),
                               jnp.asarray(take, jnp.int32), cfg,
-                              return_all_logits, view)
+                              return_all_logits)
     if return_all_logits:
       outputs.append((consumed.copy(), take, np.asarray(logits)))
     else:
@@ -529,16 +594,14 @@ def decode_step(params, cfg: FamConfig, state: StreamState, token, *,
     stream = int(np.flatnonzero(bad)[0])
     raise ValueError(f"token id {int(token[stream])} of stream {stream} is outside "
                      f"the vocabulary [0, {cfg.vocab_size})")
-  view = None
   if not cfg.is_blockwise:
     fill = np.asarray(state.fill)
     if np.any(fill[active] >= state.block_size):
       raise ValueError(f"attention='full' stream capacity {state.block_size} "
                        "exceeded")
-    view = attended_slots(cfg, state.block_size, int(fill.max()) + 1)
   return _jit_step(params, state,
                    jnp.asarray(token[:, None], jnp.int32),
-                   jnp.asarray(active, jnp.int32), cfg, False, view)
+                   jnp.asarray(active, jnp.int32), cfg, False)
 
 
 def save_state(directory: str, state: StreamState, cfg: FamConfig, *, params,

@@ -270,17 +270,27 @@ def test_one_compilation_serves_any_stream_length():
   assert streaming._jit_step._cache_size() - before == 2
 
 
-def test_full_attention_compiles_per_bucket_not_per_token():
-  """A full-attention stream attends to the filled part of its KV cache,
-  rounded up to a power of two: decoding 300 tokens compiles two steps (256
-  and 512 slots), not one per token, and never reaches the 2048 capacity."""
-  cfg = tiny_config(attention="full", num_layers=1, d_model=16, mlp_dim=16)
-  _, params = init_params(cfg)
-  assert [streaming.attended_slots(cfg, 2048, e) for e in (1, 256, 257, 3000)] \
-      == [256, 256, 512, 2048]
-  state = streaming.init_state(params, cfg, 1, capacity=2048)
-  _, state = streaming.prefill(params, cfg, state, random_tokens(cfg, 1, 5))
+def test_full_attention_reads_its_cache_in_tiles(monkeypatch):
+  """attention='full' attends tile by tile (online softmax) over the filled
+  tiles of its KV cache: with 16-slot tiles and a 100-slot capacity (its last
+  tile reads back over the one before), streams of different lengths, chunks
+  that end mid-tile and single decode steps equal the training path; and one
+  executable serves every decode step, however full the cache."""
+  monkeypatch.setattr(streaming, "CACHE_TILE", 16)
+  cfg, model, params, tokens = tiny_setup(2, 99, attention="full",
+                                          num_kv_heads=1, d_model=24)
+  expected = np.asarray(run(model, params, tokens))
+  streaming._jit_step.clear_cache()  # traced with the default tile elsewhere
+  state = streaming.init_state(params, cfg, 2, capacity=100)
+  logits, state = streaming.prefill(params, cfg, state, tokens[:, :70],
+                                    lengths=[70, 37], return_all_logits=True,
+                                    chunk_size=24)
+  assert rel_err(logits[0], expected[0, :70]) <= TOL
+  assert rel_err(logits[1, :37], expected[1, :37]) <= TOL
   before = streaming._jit_step._cache_size()
-  for t in range(300):
-    _, state = streaming.decode_step(params, cfg, state, [t % cfg.vocab_size])
-  assert streaming._jit_step._cache_size() - before == 2
+  for t in range(70, 99):
+    logits, state = streaming.decode_step(params, cfg, state, tokens[:, t],
+                                          active=[True, t < 80])
+    assert rel_err(logits[0], expected[0, t]) <= TOL
+  assert streaming._jit_step._cache_size() - before == 1
+  streaming._jit_step.clear_cache()
