@@ -148,11 +148,13 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
   Returns:
     [..., T, H, E] in the dtype of q. Logits and softmax run in float32.
   """
-  heads_major = lambda x: jnp.swapaxes(x, -3, -2)
-  return attend_parts(q, [(heads_major(k), heads_major(v))], mask)
+  # Fresh keys go straight to [..., K, E, S], the values to [..., K, S, E].
+  return attend_parts(q, [(jnp.moveaxis(k, -3, -1), jnp.swapaxes(v, -3, -2))],
+                      mask, keys_transposed=True)
 
 
-def attend_parts(q: jax.Array, parts, mask: jax.Array) -> jax.Array:
+def attend_parts(q: jax.Array, parts, mask: jax.Array, *,
+                 keys_transposed: bool = False) -> jax.Array:
   """`attend` over keys and values held in pieces, as if concatenated along S.
 
   One softmax over all the pieces' logits; the keys and values themselves are
@@ -173,15 +175,23 @@ def attend_parts(q: jax.Array, parts, mask: jax.Array) -> jax.Array:
     q: [..., T, H, E] queries.
     parts: sequence of (k [..., K, S_i, E], v [..., K, S_i, E]).
     mask: broadcastable to [..., T, sum S_i].
+    keys_transposed: the keys come as [..., K, E, S_i] (`attend`'s fresh
+      keys, one transpose away from [..., S, K, E]).
   """
   *batch, t, h, _ = q.shape
-  kv_heads = parts[0][0].shape[-3]
+  kv_heads = parts[0][1].shape[-3]
+  g = h // kv_heads
   q = group_queries(q, kv_heads)
-  logits = [jnp.einsum("...qe,...se->...qs", q, k,
-                       preferred_element_type=jnp.float32) for k, _ in parts]
+  contract = "...qe,...es->...qs" if keys_transposed else "...qe,...se->...qs"
+  logits = [jnp.einsum(contract, q, k, preferred_element_type=jnp.float32)
+            for k, _ in parts]
   logits = logits[0] if len(logits) == 1 else jnp.concatenate(logits, axis=-1)
-  logits = masked(logits, mask, h // kv_heads)
-  probs = jax.nn.softmax(logits, axis=-1)
+  s = logits.shape[-1]
+  # Mask and softmax as [..., K, T, G, S]: as [..., K, T*G, S] (`masked`) the
+  # training block attention's forward+backward ran 4-7% slower on CPU.
+  logits = logits.reshape(*batch, kv_heads, t, g, s)
+  logits = jnp.where(mask[..., None, :, None, :], logits, MASKED_LOGIT)
+  probs = jax.nn.softmax(logits, axis=-1).reshape(*batch, kv_heads, t * g, s)
   out, start = None, 0
   for _, v in parts:
     size = v.shape[-2]
