@@ -169,7 +169,7 @@ def _attend_cache(q, cache_k, cache_v, layer, query_slot, end):
     [B, C, H, E].
   """
   _, b, kv_heads, n, e = cache_k.shape
-  c, h = q.shape[1], q.shape[2]
+  c = q.shape[1]
   tile = min(CACHE_TILE, n)
   rows = group_queries(q, kv_heads)  # [B, K, C*G, E]
 
@@ -185,8 +185,8 @@ def _attend_cache(q, cache_k, cache_v, layer, query_slot, end):
     mask = ((slot >= start) & (slot[None, None] <= query_slot[..., None])
             & (slot < end[:, None, None]))  # [B, C, tile]
     logits = masked(jnp.einsum("bkqe,bkse->bkqs", rows, read(cache_k, at),
-                               preferred_element_type=jnp.float32),
-                    mask, h // kv_heads)
+                               preferred_element_type=jnp.float32), mask, c)
+    logits = logits.reshape(*rows.shape[:-1], tile)
     new_top = jnp.maximum(top, logits.max(axis=-1))
     rescale = jnp.exp(top - new_top)
     probs = jnp.exp(logits - new_top[..., None])
