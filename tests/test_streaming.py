@@ -294,3 +294,20 @@ def test_full_attention_reads_its_cache_in_tiles(monkeypatch):
     assert rel_err(logits[0], expected[0, t]) <= TOL
   assert streaming._jit_step._cache_size() - before == 1
   streaming._jit_step.clear_cache()
+
+
+def test_prefill_computes_its_last_piece_in_a_narrower_step(monkeypatch):
+  """The piece left after the full-width steps gets a step of the next power
+  of two at or above it (not a 32-wide step for 6 tokens), and the logits
+  still equal the training path's."""
+  cfg, model, params, tokens = tiny_setup(1, 70, attention="full",
+                                          num_kv_heads=1, d_model=24)
+  expected = np.asarray(run(model, params, tokens))
+  widths, step = [], streaming._jit_step
+  monkeypatch.setattr(streaming, "_jit_step", lambda p, s, chunk, *a: (
+      widths.append(chunk.shape[1]) or step(p, s, chunk, *a)))
+  state = streaming.init_state(params, cfg, 1, capacity=80)
+  logits, state = streaming.prefill(params, cfg, state, tokens,
+                                    return_all_logits=True, chunk_size=32)
+  assert widths == [32, 32, 8]
+  assert rel_err(logits, expected) <= TOL
