@@ -299,9 +299,15 @@ def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
       heads = _attend_cache(q, blk_k, blk_v, index, query_slot, end)
     x = post_attention(lw, heads, x, cfg)
     if f:
+      # The branch slices this layer's weights itself: given `lw`, XLA copied
+      # every weight out of the stack for the cond's operands at every decode
+      # step, the update's or not (SmolLM2 decode, FAM/BSWA 1.13).
+      this_layer = lambda: jax.tree_util.tree_map(
+          lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False),
+          w.layers)
       fam, fam_k, fam_v = jax.lax.cond(
           jnp.any(complete),
-          lambda: _update_fam(lw, fam, fam_k, fam_v,
+          lambda: _update_fam(this_layer(), fam, fam_k, fam_v,
                               heads_major(layer_kv(blk_k)),
                               heads_major(layer_kv(blk_v)),
                               state.fam_fresh, complete,
