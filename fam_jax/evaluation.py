@@ -64,7 +64,7 @@ def token_nll(params, cfg: FamConfig, tokens, *, streaming_path: bool = False,
   total = tokens.shape[0]
   state = streaming.init_state(params, cfg, 1, capacity=None if cfg.is_blockwise
                                else total)
-  chunk = chunk_size or (cfg.block_size if cfg.is_blockwise else 512)
+  chunk = chunk_size or streaming.default_chunk(cfg, state.block_size)
   out = []
   for start in range(0, total - 1, chunk):
     piece = tokens[start:start + chunk + 1]  # + the token the last one predicts

@@ -20,10 +20,9 @@ import numpy as np
 
 from fam_jax.config import FamConfig
 from fam_jax.model import FamLM
-from fam_jax.streaming import CACHE_TILE
+from fam_jax.streaming import CACHE_TILE, default_chunk
 
 GIB = 2**30
-FULL_CHUNK = 512  # streaming.prefill's default chunk for attention='full'
 
 
 class MemoryTooSmall(MemoryError):
@@ -80,7 +79,7 @@ def stream_memory(cfg: FamConfig, *, batch_size: int = 1,
                      f"capacity=<max tokens>; got {capacity!r}")
   else:
     n, m = capacity, 0
-  chunk = chunk or (n if cfg.is_blockwise else min(n, FULL_CHUNK))
+  chunk = chunk or default_chunk(cfg, n)
   f, b, layers = cfg.num_fam_tokens, batch_size, cfg.num_layers
   act = cfg.compute_dtype.itemsize
   kv_token = 2 * cfg.num_kv_heads * cfg.head_dim  # keys + values of a token

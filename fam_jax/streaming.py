@@ -148,6 +148,15 @@ def _initial_fam(params, cfg: FamConfig, position: jax.Array):
 # SmolLM2 at 5.7k tokens on 2 CPU cores decoded 149-160 ms/token with 512,
 # 163-168 with 2,048, 1,080 with one tile of the whole cache.]
 CACHE_TILE = 512
+# Tokens per prefill step for attention='full' (blockwise attention steps a
+# block at a time).
+FULL_CHUNK = 512
+
+
+def default_chunk(cfg: FamConfig, block_size: int) -> int:
+  """The widest prefill step of a stream whose blocks hold block_size slots
+  (for attention='full': its capacity)."""
+  return block_size if cfg.is_blockwise else min(FULL_CHUNK, block_size)
 
 
 def _attend_cache(q, cache_k, cache_v, layer, query_slot, end):
@@ -461,7 +470,7 @@ def prefill(params, cfg: FamConfig, state: StreamState, tokens, *,
     if np.any(used + lengths > n):
       raise ValueError(f"attention='full' stream capacity {n} exceeded: "
                        f"{(used + lengths).max()} tokens")
-  widest = min(chunk_size or (n if cfg.is_blockwise else 512), n)
+  widest = min(chunk_size or default_chunk(cfg, n), n)
   fill = np.asarray(state.fill).astype(np.int64)
   consumed = np.zeros((batch,), np.int64)
   total = int(lengths.sum())
@@ -522,7 +531,7 @@ def prefill_traced(params, cfg: FamConfig, state: StreamState, tokens,
   batch, length = tokens.shape
   lengths = jnp.asarray(lengths, jnp.int32)
   n = state.block_size
-  chunk = min(n if cfg.is_blockwise else 512, n, length)
+  chunk = min(default_chunk(cfg, n), length)
   arange = jnp.arange(chunk)
 
   def body(carry):
@@ -560,7 +569,7 @@ def score_traced(params, cfg: FamConfig, state: StreamState, tokens, targets):
   targets = jnp.asarray(targets, jnp.int32)
   batch, length = tokens.shape
   n = state.block_size
-  chunk = min(n if cfg.is_blockwise else 512, n)
+  chunk = default_chunk(cfg, n)
   steps = -(-length // chunk)
   pad = steps * chunk - length
   tokens = jnp.pad(tokens, ((0, 0), (0, pad)))
