@@ -310,7 +310,7 @@ def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
     if f:
       # The branch slices this layer's weights itself: given `lw`, XLA copied
       # every weight out of the stack for the cond's operands at every decode
-      # step, the update's or not (SmolLM2 decode, FAM/BSWA 1.13).
+      # step, update or not (SmolLM2 decode: FAM/BSWA 1.13; now 1.07).
       this_layer = lambda: jax.tree_util.tree_map(
           lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False),
           w.layers)
