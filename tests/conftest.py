@@ -10,6 +10,22 @@ import pytest
 # Tests import their helpers (reference.py, util.py) as top-level modules.
 sys.path.insert(0, os.path.dirname(__file__))
 
+# The files that take longest in CI (each 1.5-5 minutes there), longest first.
+# Each file is one unit of work for the two workers (`--dist loadfile`, and
+# `--no-loadscope-reorder` in pyproject.toml keeps this order: xdist would
+# otherwise put the files with the fewest tests, some of these, last, and one
+# of them could end the run on one core while the other idles).
+SLOW_FILES_FIRST = (
+    "test_streaming.py", "test_train_cli.py", "test_t5x.py", "test_smollm2.py",
+    "test_fam_bench.py", "test_train_step.py", "test_train_crash.py",
+    "test_passkey_benchmark.py", "test_model.py", "test_generate.py",
+    "test_train_sharding.py", "test_memory.py", "test_passkey_probe.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(autouse=True)
 def _clean_gin():
