@@ -28,7 +28,11 @@ prompt weighted 0.1, as fam_passkey_train_near/_far), `pkLO-HI` (PassKey
 rows with fillers of LO-HI tokens), `induct` (a random
 string of 40-180 characters from digits, letters and space, a newline, the same
 string again, the first copy weighted 0.1: every second-copy token rewards
-copying from context), `induct_near` (the two mixed half and half).
+copying from context), `induct_near` (the two mixed half and half),
+`recallLO-HI` (a PassKey prompt whose question and answer repeat after
+fillers of LO-HI tokens until the row is full: trained with
+`--model memory_segments=0`, every answer past its block's start rewards
+reading the key through the FAM).
 """
 
 from __future__ import annotations
@@ -81,9 +85,10 @@ def passkey_text() -> dict:
 def filler_range(kind: str) -> tuple[int, int]:
   if kind in ("near", "far"):
     return tuple(passkey_text()[f"{kind.upper()}_FILLER_TOKENS"])
-  if kind.startswith("pk") and "-" in kind:
-    low, high = kind[2:].split("-")
-    return int(low), int(high)
+  for prefix in ("pk", "recall"):
+    if kind.startswith(prefix) and "-" in kind:
+      low, high = kind[len(prefix):].split("-")
+      return int(low), int(high)
   raise ValueError(f"unknown stage kind {kind!r}")
 
 
@@ -115,25 +120,54 @@ class Rows:
     s = self.rng.choice(ALPHABET, int(self.rng.integers(40, 181))).tobytes()
     return s + b"\n", s
 
-  def row(self, kind: str) -> tuple[bytes, bytes]:
+  def recall(self, low: int, high: int, length: int) -> list:
+    """A PassKey prompt whose question comes back after every filler of
+    low-high tokens until the row is full: one key, many answers. With m=0,
+    an answer whose last mention of the key lies in an earlier block can only
+    come through the FAM; one in the same block teaches the copying."""
+    t = self.text
+    key = int(self.rng.integers(t["KEY_RANGE"][0], t["KEY_RANGE"][1] + 1))
+    pieces = [("\n".join([t["TASK_DESCRIPTION"],
+                          t["KEY_LINE"].format(key=key)]).encode(), False)]
+    used = len(pieces[0][0]) + 1  # and EOS
+    while True:
+      filler = self.filler(int(self.rng.integers(low, high + 1)))
+      question = ("\n" + filler + "\n" + t["QUESTION"]).replace("\n\n", "\n")
+      answer = f" {key}".encode()
+      if used + len(question) + len(answer) > length:
+        return pieces
+      pieces += [(question.encode(), False), (answer, True)]
+      used += len(question) + len(answer)
+
+  def row(self, kind: str, length: int) -> list:
+    """[(bytes, is answer)], EOS not included."""
     if kind == "induct_near":
       kind = "induct" if self.rng.random() < 0.5 else "near"
-    if kind == "induct":
-      return self.induct()
-    return self.passkey(*filler_range(kind))
+    if kind.startswith("recall"):
+      return self.recall(*filler_range(kind), length)
+    prompt, answer = (self.induct() if kind == "induct"
+                      else self.passkey(*filler_range(kind)))
+    return [(prompt, False), (answer, True)]
 
   def batch(self, kind: str, batch: int, length: int) -> dict:
     targets = np.zeros((batch, length), np.int32)
     weights = np.zeros((batch, length), np.float32)
     for b in range(batch):
-      prompt, answer = self.row(kind)
-      ids = np.frombuffer(prompt + answer, np.uint8).astype(np.int32) + BYTE_OFFSET
+      pieces = self.row(kind, length)
+      ids = np.frombuffer(b"".join(p for p, _ in pieces), np.uint8
+                          ).astype(np.int32) + BYTE_OFFSET
       ids = np.append(ids, EOS)
       if len(ids) > length:
         raise ValueError(f"a {kind} row of {len(ids)} tokens > {length}")
       targets[b, :len(ids)] = ids
-      weights[b, :len(prompt)] = PROMPT_WEIGHT
-      weights[b, len(prompt):len(ids)] = 1.0
+      weights[b, :len(ids)] = PROMPT_WEIGHT
+      start = 0
+      for piece, is_answer in pieces:
+        if is_answer:
+          weights[b, start:start + len(piece)] = 1.0
+        start += len(piece)
+      if not kind.startswith("recall"):  # a recall row ends anywhere
+        weights[b, len(ids) - 1] = 1.0  # EOS, as in the seqio tasks
     valid = (weights > 0).astype(np.int32)
     return {"decoder_target_tokens": targets,
             "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
@@ -181,11 +215,17 @@ def evaluate(params, cfg: FamConfig, filler: int, examples: int, seed: int,
 def train(attention: str, stages, args) -> tuple[dict, FamConfig, list]:
   if args.init:  # the npz's own model
     params, cfg = load_npz(args.init)
-    if cfg.attention != attention:
-      raise SystemExit(f"--init {args.init} holds a {cfg.attention} model, "
-                       f"not {attention}")
     # The windows (N, m) hold no parameters: a curriculum may change them.
-    cfg = dataclasses.replace(cfg, **args.model)
+    # So may the attention: a BSWA twin of a FAM run starts from the same
+    # weights, less the summarization embeddings (a FAM twin of a BSWA run
+    # gets fresh ones from the first stage's complete_params).
+    cfg = dataclasses.replace(cfg, attention=attention, **args.model)
+    wanted = traverse_util.flatten_dict(jax.eval_shape(
+        lambda: FamLM(cfg).init(jax.random.PRNGKey(0),
+                                jnp.zeros((1, 1), jnp.int32)))["params"])
+    params = traverse_util.unflatten_dict(
+        {k: v for k, v in traverse_util.flatten_dict(params).items()
+         if k in wanted})
   else:
     params = None
     cfg = FamConfig(**{**MODEL, **args.model}, attention=attention)
@@ -229,6 +269,8 @@ def train(attention: str, stages, args) -> tuple[dict, FamConfig, list]:
                  "accuracy": accuracy}
         log.append(entry)
         print(json.dumps(entry), flush=True)
+        if not args.no_params:  # a stopped run keeps its last evaluation's
+          save_npz(args.out, attention, params, cfg)
     done += steps
     params = jax.device_get(state.params)
   final = {f: evaluate(params, cfg, f, args.eval_examples, 1, forward)
@@ -236,6 +278,14 @@ def train(attention: str, stages, args) -> tuple[dict, FamConfig, list]:
   log.append({"attention": attention, "final": final})
   print(json.dumps(log[-1]), flush=True)
   return params, cfg, log
+
+
+def save_npz(out: str, attention: str, params, cfg: FamConfig) -> None:
+  from fam_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  flat = {"/".join(k): np.asarray(v)
+          for k, v in traverse_util.flatten_dict(params).items()}
+  np.savez(os.path.join(out, f"{attention}.npz"),
+           __config__=json.dumps(checkpoint.config_to_dict(cfg)), **flat)
 
 
 def load_npz(npz: str) -> tuple[dict, FamConfig]:
@@ -282,7 +332,8 @@ def main(argv=None) -> int:
   parser.add_argument("--lengths", default="32,128,512,1024,2048,4096")
   parser.add_argument("--init", metavar="NPZ",
                       help="start from an earlier probe's <attention>.npz "
-                      "(its model; one attention per run)")
+                      "(its model, with --attention's attention; one "
+                      "attention per run)")
   parser.add_argument("--no-params", action="store_true",
                       help="write probe.json only")
   parser.add_argument("--export", nargs=2, metavar=("NPZ", "DIR"),
@@ -292,7 +343,7 @@ def main(argv=None) -> int:
     export(*args.export)
     return 0
   if args.init and "," in args.attention:
-    parser.error("--init: give one --attention, the npz's")
+    parser.error("--init: give one --attention")
   stages = []
   for spec in filter(None, args.stages.split(",")):
     kind, steps, length, batch = spec.split(":")
@@ -311,16 +362,12 @@ def main(argv=None) -> int:
     parser.error(f"--init with --model: only {sorted(INIT_OVERRIDES)} (they "
                  f"hold no parameters), not {sorted(set(args.model) - INIT_OVERRIDES)}")
   os.makedirs(args.out, exist_ok=True)
-  from fam_jax import checkpoint  # pylint: disable=g-import-not-at-top
   logs = []
   for attention in args.attention.split(","):
     params, cfg, log = train(attention, stages, args)
     logs += log
-    flat = {"/".join(k): np.asarray(v)
-            for k, v in traverse_util.flatten_dict(params).items()}
     if not args.no_params:
-      np.savez(os.path.join(args.out, f"{attention}.npz"),
-               __config__=json.dumps(checkpoint.config_to_dict(cfg)), **flat)
+      save_npz(args.out, attention, params, cfg)
     with open(os.path.join(args.out, "probe.json"), "w") as f:
       json.dump({"stages": stages, "device": jax.devices()[0].device_kind,
                  "args": {k: v for k, v in vars(args).items()

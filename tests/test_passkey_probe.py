@@ -49,6 +49,33 @@ def test_copy_drill_rows():
     assert first == second and 40 <= len(first) <= 180
 
 
+def test_recall_rows_ask_for_the_same_key_again_and_again():
+  """A recall row: the PassKey prompt, then question and answer again after
+  each filler of the stage's range; weight 1 on exactly the answers."""
+  text = passkey_probe.passkey_text()
+  batch = passkey_probe.Rows(seed=2).batch("recall0-64", 4, 768)
+  for row, weights in zip(batch["decoder_target_tokens"],
+                          batch["decoder_loss_weights"]):
+    used = int(np.sum(row != 0))
+    assert row[used - 1] == VOCAB.eos_id and weights[used - 1] == 0.1
+    ids = row[:used - 1]
+    text_row = VOCAB.decode(ids.tolist())
+    key = text_row.split("\n")[1].split()[4].rstrip(".")
+    assert text_row.startswith(passkey.prompt(int(key), "").rsplit("\n", 2)[0])
+    questions = text_row.split(text["QUESTION"])
+    assert len(questions) >= 4  # 768 tokens hold several
+    for after in questions[1:]:
+      assert after.split("\n")[0] == f" {key}"
+    for filler in (q.split("\n", 1)[1] for q in questions[1:-1]):
+      assert len(VOCAB.encode(filler.rstrip("\n"))) <= 64
+    answers = [VOCAB.decode(ids[run].tolist()) for run in np.split(
+        np.flatnonzero(weights[:used - 1] == 1),
+        np.flatnonzero(np.diff(np.flatnonzero(weights[:used - 1] == 1)) > 1)
+        + 1)]
+    assert answers == [f" {key}"] * (len(questions) - 1)
+    np.testing.assert_allclose(weights[:used - 1][weights[:used - 1] != 1], 0.1)
+
+
 def test_exact_match_needs_every_answer_token():
   cfg = FamConfig(vocab_size=259, num_layers=1, d_model=16, num_heads=2,
                   mlp_dim=32, block_size=64, memory_segments=1, fam_length=4)
@@ -80,6 +107,16 @@ def test_init_evaluates_the_saved_parameters(tmp_path):
   final = lambda d: json.load(open(tmp_path / d / "probe.json"))["log"][-1]
   assert final("a") == final("b")
   assert set(final("b")["final"]) == {"0", "32"}
+  # A BSWA twin starts from the FAM run's weights, less its summarization
+  # embeddings.
+  common[1] = "bswa"
+  passkey_probe.main(["--out", str(tmp_path / "c"), "--stages", "", "--init",
+                      str(tmp_path / "a" / "fam.npz"), *common])
+  with np.load(tmp_path / "c" / "bswa.npz") as twin, \
+      np.load(tmp_path / "a" / "fam.npz") as fam:
+    assert set(fam.files) - set(twin.files) == {"summarization_embeddings"}
+    for name in set(twin.files) - {"__config__"}:
+      np.testing.assert_array_equal(twin[name], fam[name])
 
 
 def test_init_may_change_only_the_windows(tmp_path):
