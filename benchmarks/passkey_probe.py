@@ -284,8 +284,10 @@ def save_npz(out: str, attention: str, params, cfg: FamConfig) -> None:
   from fam_jax import checkpoint  # pylint: disable=g-import-not-at-top
   flat = {"/".join(k): np.asarray(v)
           for k, v in traverse_util.flatten_dict(params).items()}
-  np.savez(os.path.join(out, f"{attention}.npz"),
-           __config__=json.dumps(checkpoint.config_to_dict(cfg)), **flat)
+  path = os.path.join(out, f"{attention}.npz")
+  with open(path + ".tmp", "wb") as f:  # a run stopped mid-write keeps the old
+    np.savez(f, __config__=json.dumps(checkpoint.config_to_dict(cfg)), **flat)
+  os.replace(path + ".tmp", path)
 
 
 def load_npz(npz: str) -> tuple[dict, FamConfig]:
