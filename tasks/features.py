@@ -33,6 +33,10 @@ import seqio
 import tensorflow as tf
 
 _Spec = seqio.FeatureConverter.FeatureSpec
+# The id the converters shift into position 0 of every decoder row (seqio's
+# `bos_id`): a model trained on these rows has always seen it first, so a
+# prompt decoded the way training presented it starts with it too.
+DECODER_BOS = 0
 
 
 class FamFeatureConverter(seqio.LMFeatureConverter):
@@ -88,7 +92,8 @@ class FamDecoderFeatureConverter(seqio.DecoderFeatureConverter):
   """
 
   def __init__(self, pack: bool = True, use_custom_packing_ops: bool = False,
-               apply_length_check: bool = True, bos_id: int = 0, **kwargs):
+               apply_length_check: bool = True, bos_id: int = DECODER_BOS,
+               **kwargs):
     super().__init__(pack=pack, use_custom_packing_ops=use_custom_packing_ops,
                      apply_length_check=apply_length_check, bos_id=bos_id,
                      **kwargs)

@@ -67,13 +67,20 @@ def decode_metrics(params, cfg: FamConfig, task_name: str, split: str,
   examples = list(dataset.as_numpy_iterator())
   if not examples:
     raise data.DataError(f"decode task {task_name!r} has no {split!r} examples")
+  from fam_jax.tasks.features import DECODER_BOS  # pylint: disable=g-import-not-at-top
   predictions, targets = [], []
   for start in range(0, len(examples), batch_size):
     chunk = examples[start:start + batch_size]
-    lengths = [len(ex["inputs"]) for ex in chunk]
+    # As training's rows (and t5x's decoding) present it: the decoder's BOS,
+    # then the inputs. Without it every position is one off from training's,
+    # which moves the block boundaries: a FAM model with m=0 (README, PassKey)
+    # answered 11 / 17 / 10% of PassKey prompts at fillers 32 / 128 / 256
+    # without it, 32 / 34 / 20% with it.
+    lengths = [1 + len(ex["inputs"]) for ex in chunk]
     prompts = np.zeros((len(chunk), max(lengths)), np.int32)
     for row, ex in enumerate(chunk):
-      prompts[row, :lengths[row]] = ex["inputs"]
+      prompts[row, 0] = DECODER_BOS
+      prompts[row, 1:lengths[row]] = ex["inputs"]
     capacity = None if cfg.is_blockwise else max(lengths) + max_new_tokens
     state = streaming.init_state(params, cfg, len(chunk), capacity=capacity)
     result = generate(params, cfg, state, prompts, lengths=lengths,
