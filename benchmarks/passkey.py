@@ -7,7 +7,7 @@ Figure 3a, at small scale).
 
 Two models, identical but for the attention (`fam`, `bswa`: same N, m, layers,
 steps, data, seed), are trained with fam-train, then asked for the pass key
-after fillers from inside BSWA's receptive field (layers x (m+1) x N tokens) to
+after fillers from inside BSWA's receptive field ((layers x m + 1) x N tokens) to
 far beyond it. Every answer is greedy-decoded through the streaming path
 (constant memory). Evaluation examples come from their own seed and split
 ("test", seed 1) so that no key/filler draw is shared with training (seed 0).
@@ -32,7 +32,9 @@ Scales:
   2k-18k tokens), evaluated from 1k to 64k tokens of filler. Meant for a GPU.
 
 A finished run in --out is read, not retrained (fam-train resumes), so the
-script can be stopped and restarted.
+script can be stopped and restarted. `--checkpoints fam=DIR,bswa=DIR` skips
+training and evaluates checkpoints made elsewhere (e.g. passkey_probe.py
+--export).
 """
 
 from __future__ import annotations
@@ -133,10 +135,14 @@ def evaluate(model_dir: str, tasks: dict[int, str], args, scale: dict
 
 
 def receptive_field(model_dir: str) -> int:
-  """BSWA's receptive field in tokens: layers x (m + 1) x N."""
+  """BSWA's receptive field in tokens: (layers x m + 1) x N. A query sees
+  its own block and, through each layer, m blocks further back
+  (tests/test_model.py::test_bswa_receptive_field_is_exact); the paper's
+  "about L x window" is layers x (m + 1) x N, which at m=0 would count
+  layers x N where BSWA sees one block."""
   from fam_jax import checkpoint  # pylint: disable=g-import-not-at-top
   cfg = checkpoint.load_config(model_dir)
-  return cfg.num_layers * (cfg.memory_segments + 1) * cfg.block_size
+  return (cfg.num_layers * cfg.memory_segments + 1) * cfg.block_size
 
 
 def plot(results: dict, field: int, title: str, path: str) -> None:
@@ -175,6 +181,9 @@ def main(argv=None) -> int:
   parser.add_argument("--eval-batch", type=int, default=25)
   parser.add_argument("--attention", default="fam,bswa")
   parser.add_argument("--gguf", help="smollm2 scale: the GGUF file's path")
+  parser.add_argument("--checkpoints", metavar="ATTENTION=DIR,...",
+                      help="evaluate these fam-jax checkpoints instead of "
+                      "training (table columns in this order)")
   parser.add_argument("--train-flag", action="append", default=[],
                       dest="train_flags",
                       help="an extra fam-train flag for every stage, e.g. "
@@ -191,7 +200,17 @@ def main(argv=None) -> int:
     parser.error("--gguf: the smollm2 scale needs the GGUF file's path")
   lengths = (tuple(int(n) for n in args.lengths.split(",")) if args.lengths
              else scale["lengths"])
-  trained = {a: train(a, args, scale) for a in args.attention.split(",")}
+  os.makedirs(args.out, exist_ok=True)
+  if args.checkpoints:  # {attention: (dir, training seconds: not known)}
+    trained = {}
+    for item in args.checkpoints.split(","):
+      name, _, directory = item.partition("=")
+      if not directory or not os.path.isdir(directory):
+        parser.error(f"--checkpoints: {item!r} is not ATTENTION=DIR of an "
+                     "existing directory")
+      trained[name] = (directory, None)
+  else:
+    trained = {a: train(a, args, scale) for a in args.attention.split(",")}
 
   from fam_jax.train import data  # pylint: disable=g-import-not-at-top
   data.import_seqio()
@@ -203,23 +222,27 @@ def main(argv=None) -> int:
   results = {a: evaluate(d, tasks, args, scale) for a, (d, _) in trained.items()}
   field = receptive_field(next(iter(trained.values()))[0])
 
-  steps = "+".join(str(s) for s in args.steps)
+  steps = ("given checkpoints" if args.checkpoints
+           else "+".join(str(s) for s in args.steps) + " steps")
   print(f"\nPassKey accuracy (%), {args.examples} examples per length, greedy "
         f"through the stream; BSWA receptive field {field} tokens; "
-        f"{steps} steps\n")
+        f"{steps}\n")
   print("| filler tokens | x receptive field | "
         + " | ".join(results) + " |")
   print("|---:|---:|" + "---:|" * len(results))
   for length in lengths:
     print(f"| {length:,} | {length / field:.1f} | "
           + " | ".join(f"{results[a][length]:.0f}" for a in results) + " |")
-  print("\ntraining wall time: " + ", ".join(
-      f"{a} {s / 60:.1f} min" for a, (_, s) in trained.items()))
+  if not args.checkpoints:
+    print("\ntraining wall time: " + ", ".join(
+        f"{a} {s / 60:.1f} min" for a, (_, s) in trained.items()))
   path = os.path.join(args.out, "passkey.png")
-  plot(results, field, f"PassKey, {args.scale} scale, {steps} steps", path)
+  plot(results, field, f"PassKey, {args.scale} scale, {steps}", path)
   with open(os.path.join(args.out, "passkey.json"), "w") as f:
     json.dump({"lengths": list(lengths), "receptive_field": field,
-               "steps": list(args.steps), "examples": args.examples,
+               "steps": None if args.checkpoints else list(args.steps),
+               "checkpoints": {a: d for a, (d, _) in trained.items()},
+               "examples": args.examples,
                "accuracy": results,
                "train_seconds": {a: s for a, (_, s) in trained.items()}}, f,
               indent=1)

@@ -39,7 +39,7 @@ def test_pipeline_trains_both_stages_evaluates_and_plots(tmp_path):
       assert config["attention"] == attention
       assert (out / attention / stage / "checkpoints" / "1").is_dir()
   summary = json.loads((out / "passkey.json").read_text())
-  assert summary["receptive_field"] == 1 * 4 * 64  # layers x (m+1) x N
+  assert summary["receptive_field"] == (1 * 3 + 1) * 64  # (layers x m + 1) x N
   assert summary["lengths"] == list(LENGTHS) and summary["examples"] == 3
   for attention in ("fam", "bswa"):
     accuracy = summary["accuracy"][attention]
@@ -52,6 +52,18 @@ def test_pipeline_trains_both_stages_evaluates_and_plots(tmp_path):
   assert [row.split("|")[1].strip() for row in table[1:]] == ["32", "600"]
   with open(out / "passkey.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+  # --checkpoints: the same evaluation of given checkpoints, no training.
+  again = tmp_path / "again"
+  result = subprocess.run(
+      [sys.executable, SCRIPT, f"--out={again}", "--examples=3",
+       "--eval-batch=3", "--lengths=32",
+       f"--checkpoints=fam={out / 'fam' / 'memory'}"],
+      env=train_cli.environment(), capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  again_summary = json.loads((again / "passkey.json").read_text())
+  assert again_summary["accuracy"] == {"fam": {"32": summary["accuracy"]["fam"]["32"]}}
+  assert not (again / "fam").exists()  # nothing trained
 
 
 def test_evaluation_draws_are_not_training_draws():
