@@ -9,10 +9,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from fam_jax import checkpoint
 from fam_jax.tasks import passkey
 from fam_jax.tasks import vocabularies
 import train_cli
+from util import init_params, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "passkey.py")
@@ -53,17 +56,35 @@ def test_pipeline_trains_both_stages_evaluates_and_plots(tmp_path):
   with open(out / "passkey.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
-  # --checkpoints: the same evaluation of given checkpoints, no training.
-  again = tmp_path / "again"
-  result = subprocess.run(
-      [sys.executable, SCRIPT, f"--out={again}", "--examples=3",
-       "--eval-batch=3", "--lengths=32",
-       f"--checkpoints=fam={out / 'fam' / 'memory'}"],
-      env=train_cli.environment(), capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-  again_summary = json.loads((again / "passkey.json").read_text())
-  assert again_summary["accuracy"] == {"fam": {"32": summary["accuracy"]["fam"]["32"]}}
-  assert not (again / "fam").exists()  # nothing trained
+
+
+def test_checkpoints_are_evaluated_not_trained(tmp_path, monkeypatch):
+  """--checkpoints: the given directories go to the evaluation (stubbed here;
+  the test above runs the real one) in the order given, nothing is trained,
+  and the receptive field is read from the first one's config."""
+  sys.path.insert(0, os.path.dirname(SCRIPT))
+  import passkey as script  # pylint: disable=g-import-not-at-top
+  for name, m in (("a", 0), ("b", 0)):
+    checkpoint.save_checkpoint(str(tmp_path / name), init_params(tiny_config(
+        attention="fam", block_size=8, memory_segments=m, fam_length=2))[1],
+        tiny_config(attention="fam", block_size=8, memory_segments=m,
+                    fam_length=2))
+  asked = []
+  monkeypatch.setattr(script, "train", lambda *a: pytest.fail("trained"))
+  monkeypatch.setattr(script, "evaluate", lambda d, tasks, args, scale: (
+      asked.append(d) or {n: float(len(asked)) for n in tasks}))
+  out = tmp_path / "out"
+  assert script.main([f"--out={out}", "--examples=3", "--lengths=32,64",
+                      f"--checkpoints=fam={tmp_path / 'a'},bswa={tmp_path / 'b'}"
+                      ]) == 0
+  assert asked == [str(tmp_path / "a"), str(tmp_path / "b")]
+  summary = json.loads((out / "passkey.json").read_text())
+  assert summary["accuracy"] == {"fam": {"32": 1.0, "64": 1.0},
+                                 "bswa": {"32": 2.0, "64": 2.0}}
+  assert summary["receptive_field"] == 8  # (layers x 0 + 1) x N
+  assert summary["steps"] is None
+  with pytest.raises(SystemExit):
+    script.main([f"--out={out}", f"--checkpoints=fam={tmp_path / 'none'}"])
 
 
 def test_evaluation_draws_are_not_training_draws():
