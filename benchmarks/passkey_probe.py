@@ -213,7 +213,7 @@ def evaluate(params, cfg: FamConfig, filler: int, examples: int, seed: int,
 
 
 def train(attention: str, stages, args) -> tuple[dict, FamConfig, list]:
-  if args.init:  # the npz's own model
+  if args.init:  # the npz's model, with this run's attention and windows
     params, cfg = load_npz(args.init)
     # The windows (N, m) hold no parameters: a curriculum may change them.
     # So may the attention: a BSWA twin of a FAM run starts from the same

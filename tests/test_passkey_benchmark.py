@@ -57,18 +57,17 @@ def test_pipeline_trains_both_stages_evaluates_and_plots(tmp_path):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-
 def test_checkpoints_are_evaluated_not_trained(tmp_path, monkeypatch):
   """--checkpoints: the given directories go to the evaluation (stubbed here;
   the test above runs the real one) in the order given, nothing is trained,
   and the receptive field is read from the first one's config."""
   sys.path.insert(0, os.path.dirname(SCRIPT))
   import passkey as script  # pylint: disable=g-import-not-at-top
-  for name, m in (("a", 0), ("b", 0)):
-    checkpoint.save_checkpoint(str(tmp_path / name), init_params(tiny_config(
-        attention="fam", block_size=8, memory_segments=m, fam_length=2))[1],
-        tiny_config(attention="fam", block_size=8, memory_segments=m,
-                    fam_length=2))
+  cfg = tiny_config(attention="fam", block_size=8, memory_segments=0,
+                    fam_length=2)
+  _, params = init_params(cfg)
+  for name in ("a", "b"):
+    checkpoint.save_checkpoint(str(tmp_path / name), params, cfg)
   asked = []
   monkeypatch.setattr(script, "train", lambda *a: pytest.fail("trained"))
   monkeypatch.setattr(script, "evaluate", lambda d, tasks, args, scale: (

@@ -95,13 +95,13 @@ def lm_dataset(name: str, split: str, sequence_length: int, rows: int, *,
     skip_batches: batches to skip (the data position of a resumed run).
   """
   import_seqio()
-  from fam_jax.tasks.features import FamFeatureConverter  # pylint: disable=g-import-not-at-top
+  from fam_jax.tasks.features import DECODER_BOS, FamFeatureConverter  # pylint: disable=g-import-not-at-top
   task = get_task(name)
   lengths = {"targets": sequence_length}
   dataset = task.get_dataset(
       lengths, split=split, shuffle=shuffle, seed=seed,
       num_epochs=None if repeat else 1, use_cached=False)
-  dataset = FamFeatureConverter(pack=True)(dataset, lengths)
+  dataset = FamFeatureConverter(pack=True, bos_id=DECODER_BOS)(dataset, lengths)
   dataset = dataset.map(lambda ex: {k: ex[k] for k in BATCH_FEATURES})
   if repeat:
     dataset = dataset.batch(rows, drop_remainder=True)
