@@ -32,7 +32,10 @@ def test_gradients_match_finite_differences(attention, remat):
     # Directional derivative along a random direction inside this leaf.
     direction = rng.standard_normal(g.shape).astype(np.float32)
     direction /= np.linalg.norm(direction)
-    eps = 1e-2
+    # float32 losses: the central difference's rounding noise is ~ulp(loss)/eps
+    # (at 1e-2, up to 4% of some directional derivatives here); its
+    # truncation error, O(eps^2), stays far below the 2% tolerance at 3e-2.
+    eps = 3e-2
     bump = lambda s: jax.tree_util.tree_map_with_path(
         lambda p, x: x + s * eps * direction if p == path else x, params)
     numeric = (float(loss(bump(1.0))) - float(loss(bump(-1.0)))) / (2 * eps)

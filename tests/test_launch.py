@@ -210,12 +210,6 @@ _TRAINER_ARGS = [
 ]
 
 
-# XLA's CPU backend without its costly optimisations: both runs compile about
-# a third faster (gpu.sh adds the device count to these flags).
-_FAST_COMPILE = ("--xla_backend_optimization_level=0 "
-                 "--xla_llvm_disable_expensive_passes=true")
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -231,7 +225,7 @@ def _start(tmp_path, name, processes, devices):
        "--gin_file=train/tiny_passkey.gin", f"--model_dir={tmp_path / name}",
        f"--log_dir={tmp_path / name}_logs", "--", *_TRAINER_ARGS,
        f"--jax_cache_dir={JAX_CACHE}"],
-      cwd=REPO, env=dict(environment(), XLA_FLAGS=_FAST_COMPILE),
+      cwd=REPO, env=environment(),  # conftest's fast-compile XLA_FLAGS
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True)
 

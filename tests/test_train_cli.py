@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fam_jax import FamLM, checkpoint
+from fam_jax.cli.train import main as train_main
 from fam_jax.train import config as train_config
 from fam_jax.train import data, observe
 import train_cli
@@ -104,13 +105,18 @@ def _tree_digest(directory):
     (["FamConfig.block_size = 0"],
      "fam-train: FamConfig.block_size must be a positive integer; got 0"),
 ])
-def test_bad_requests_fail_in_one_line_and_write_nothing(tmp_path, bindings,
-                                                         message):
+def test_bad_requests_fail_in_one_line_and_write_nothing(tmp_path, capsys,
+                                                         bindings, message):
+  # In this process: a child would spend ~10 s importing TensorFlow for each
+  # case. The missing-gin test below starts a real fam-train for the
+  # process-level half (nothing else printed, exit status 2).
   model_dir = str(tmp_path / "run")
-  done = train_cli.run(model_dir, *bindings)
-  assert done.returncode == 2
-  assert done.stderr.strip().splitlines() == [done.stderr.strip()]
-  assert done.stderr.startswith(message), done.stderr
+  argv = train_cli.command(model_dir, *bindings)[3:]
+  capsys.readouterr()
+  assert train_main(argv) == 2
+  stderr = capsys.readouterr().err
+  assert stderr.strip().splitlines() == [stderr.strip()]
+  assert stderr.startswith(message), stderr
   assert not os.path.exists(model_dir)
 
 

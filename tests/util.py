@@ -101,8 +101,9 @@ def without_adapters(params):
 def run_on_cpu_devices(script: str, devices: int, timeout: float) -> None:
   """Runs `script` in a fresh Python with `devices` CPU devices (XLA_FLAGS must
   be set before JAX starts) and tests/ importable; it must print OK last."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(filter(None, [
+      os.environ.get("XLA_FLAGS"),  # conftest's compile-time flags
+      f"--xla_force_host_platform_device_count={devices}"])))
   env["PYTHONPATH"] = os.pathsep.join(
       [os.path.dirname(os.path.abspath(__file__)), env.get("PYTHONPATH", "")])
   result = subprocess.run([sys.executable, "-c", script], env=env,
