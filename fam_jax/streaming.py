@@ -291,7 +291,7 @@ def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
 
   def layer(carry, scanned):
     x, blk_k, blk_v, index = carry
-    lw, fam, fam_k, fam_v, mem_k, mem_v = scanned
+    lw, fam_k, fam_v, mem_k, mem_v = scanned
     q, k, v = pre_attention(lw, x, positions, cfg)
     blk_k = _write_chunk(blk_k, k, index, state.fill, end, start)
     blk_v = _write_chunk(blk_v, v, index, state.fill, end, start)
@@ -307,35 +307,34 @@ def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
     else:
       heads = _attend_cache(q, blk_k, blk_v, index, query_slot, end)
     x = post_attention(lw, heads, x, cfg)
-    if f:
-      # The branch slices this layer's weights itself: given `lw`, XLA copied
-      # every weight out of the stack for the cond's operands at every decode
-      # step, update or not (SmolLM2 decode: FAM/BSWA 1.13; now 1.07).
-      this_layer = lambda: jax.tree_util.tree_map(
-          lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False),
-          w.layers)
-      fam, fam_k, fam_v = jax.lax.cond(
-          jnp.any(complete),
-          lambda: _update_fam(this_layer(), fam, fam_k, fam_v,
-                              heads_major(layer_kv(blk_k)),
-                              heads_major(layer_kv(blk_v)),
-                              state.fam_fresh, complete,
-                              block_start, next_block_start, cfg),
-          lambda: (fam, fam_k, fam_v))
-    return (x, blk_k, blk_v, index + 1), (fam, fam_k, fam_v)
+    return (x, blk_k, blk_v, index + 1), None
 
   x = embed(jnp.take(w.embedding, tokens, axis=0), cfg)
-  (x, blk_k, blk_v, _), (fam, fam_k, fam_v) = jax.lax.scan(
+  (x, blk_k, blk_v, _), _ = jax.lax.scan(
       layer, (x, state.block_k, state.block_v, 0),
-      (w.layers, state.fam, state.fam_k, state.fam_v, state.memory_k,
-       state.memory_v))
-  mem_k, mem_v = state.memory_k, state.memory_v
-  if m:
-    mem_k, mem_v = jax.lax.cond(
-        jnp.any(complete),
-        lambda: (_move_block_into_ring(mem_k, blk_k, complete, state.blocks_done),
-                 _move_block_into_ring(mem_v, blk_v, complete, state.blocks_done)),
-        lambda: (mem_k, mem_v))
+      (w.layers, state.fam_k, state.fam_v, state.memory_k, state.memory_v))
+  fams = (state.fam, state.fam_k, state.fam_v)
+  ring = (state.memory_k, state.memory_v)
+
+  def finish_blocks():
+    """The streams whose block just filled up: every layer's FAM is updated
+    from its block (a layer's new FAM depends on its own FAM and its block's
+    keys/values only), and the block moves into the ring."""
+    new_fams = fams if not f else _update_fams(
+        w, *fams, blk_k, blk_v, state.fam_fresh, complete, block_start,
+        next_block_start, cfg)
+    new_ring = ring if not m else tuple(
+        _move_block_into_ring(memory, block, complete, state.blocks_done)
+        for memory, block in zip(ring, (blk_k, blk_v)))
+    return new_fams, new_ring
+
+  if f or m:
+    # One cond per step, taken once per block, after the layer scan: a cond
+    # in every layer of every decode step cost the tiny model's decode ~8%
+    # even when not taken.
+    fams, ring = jax.lax.cond(jnp.any(complete), finish_blocks,
+                              lambda: (fams, ring))
+  (fam, fam_k, fam_v), (mem_k, mem_v) = fams, ring
   if not all_logits:
     last = jnp.clip(n_new - 1, 0, c - 1)
     x = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
@@ -348,6 +347,27 @@ def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
       fam=fam, fam_k=fam_k, fam_v=fam_v, memory_k=mem_k, memory_v=mem_v,
       block_k=blk_k, block_v=blk_v)
   return logits, new_state
+
+
+def _update_fams(w, fam, fam_k, fam_v, blk_k, blk_v, fresh, complete,
+                 block_start, next_block_start, cfg: FamConfig):
+  """`_update_fam` for every layer (a scan over the stacked layers).
+
+  Args:
+    fam: [L, B, F, D]; fam_k, fam_v: [L, B, F, K, E]; blk_k, blk_v:
+      [L, B, K, N, E], the blocks just written.
+  """
+  heads_major = lambda x: jnp.swapaxes(x, 1, 2)  # [B, K, N, E] -> [B, N, K, E]
+
+  def layer(_, scanned):
+    lw, fam, fam_k, fam_v, blk_k, blk_v = scanned
+    return None, _update_fam(lw, fam, fam_k, fam_v, heads_major(blk_k),
+                             heads_major(blk_v), fresh, complete, block_start,
+                             next_block_start, cfg)
+
+  _, new = jax.lax.scan(layer, None,
+                        (w.layers, fam, fam_k, fam_v, blk_k, blk_v))
+  return new
 
 
 def _update_fam(lw, fam, fam_k, fam_v, blk_k, blk_v, fresh, complete,
