@@ -62,6 +62,9 @@ from fam_jax.train.optimizer import (OptimizerConfig, learning_rate_schedule,
 PASSKEY_SOURCE = os.path.join(os.path.dirname(__file__), "..", "tasks",
                               "passkey.py")
 EOS, BYTE_OFFSET = 1, 3
+# Position 0 of every decoder input row, as seqio's converters shift it in
+# (tasks/features.py DECODER_BOS; this script must not import seqio).
+DECODER_BOS = 0
 PROMPT_WEIGHT = 0.1
 ALPHABET = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz ", np.uint8)
 # gin_configs/train/passkey_cpu.gin (over models/tiny.gin).
@@ -170,7 +173,8 @@ class Rows:
         weights[b, len(ids) - 1] = 1.0  # EOS, as in the seqio tasks
     valid = (weights > 0).astype(np.int32)
     return {"decoder_target_tokens": targets,
-            "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+            "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0)),
+                                           constant_values=DECODER_BOS),
             "decoder_segment_ids": valid,
             "decoder_positions": np.tile(np.arange(length, dtype=np.int32),
                                          (batch, 1)) * valid,
@@ -192,7 +196,8 @@ def eval_rows(cfg: FamConfig, filler: int, examples: int, seed: int
   segments = np.zeros((examples, length), np.int32)
   for i, (p, a) in enumerate(pairs):
     ids = np.frombuffer(p + a, np.uint8).astype(np.int32) + BYTE_OFFSET
-    tokens[i, 1:len(ids)] = ids[:-1]  # inputs: targets shifted right
+    tokens[i, 0] = DECODER_BOS  # inputs: targets shifted right
+    tokens[i, 1:len(ids)] = ids[:-1]
     targets[i, :len(ids)] = ids
     answer[i, len(p):len(ids)] = True
     segments[i, :len(ids)] = 1
@@ -302,7 +307,7 @@ def load_npz(npz: str) -> tuple[dict, FamConfig]:
 def export(npz: str, out: str) -> None:
   from fam_jax import checkpoint  # pylint: disable=g-import-not-at-top
   params, cfg = load_npz(npz)
-  checkpoint.save_checkpoint(out, params, cfg)
+  checkpoint.save_checkpoint(out, params, cfg, prompt_prefix=(DECODER_BOS,))
   print(out)
 
 

@@ -2,7 +2,8 @@
 
 Layout of a checkpoint directory:
 
-    <dir>/fam_config.json   {"format": "fam-jax/1", "config": {FamConfig fields}}
+    <dir>/fam_config.json   {"format": "fam-jax/1", "config": {FamConfig fields},
+                             "prompt_prefix": [ids]}   (the last: trained models)
     <dir>/params/           orbax StandardCheckpointer tree of the `params` collection
 
 The converter, the trainer and `fam-generate` all read and write this layout, so a
@@ -12,6 +13,12 @@ reads a fam-train run directory (`<dir>/fam_config.json` beside
 its newest step. `save_checkpoint` writes
 it as one step (`atomic.writing`): a reader, or a process killed mid-write, never
 sees a config without its parameters.
+
+`prompt_prefix` holds the ids every row the model was trained on started with
+(fam-train's and t5x's rows start with the decoder BOS that seqio's converters
+shift in; converted models have none): fam-generate feeds them before a
+prompt, as training presented its rows. A model trained on rows that start
+with 0 and asked without it answers one position off (README, PassKey).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -117,14 +124,17 @@ def _quiet_absl():
     logger.setLevel(level)
 
 
-def save_config(directory: str, cfg: FamConfig) -> None:
+def save_config(directory: str, cfg: FamConfig, *,
+                prompt_prefix: Sequence[int] = ()) -> None:
   os.makedirs(directory, exist_ok=True)
+  data = {"format": FORMAT, "config": config_to_dict(cfg)}
+  if prompt_prefix:
+    data["prompt_prefix"] = [int(i) for i in prompt_prefix]
   with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-    json.dump({"format": FORMAT, "config": config_to_dict(cfg)}, f, indent=2,
-              sort_keys=True)
+    json.dump(data, f, indent=2, sort_keys=True)
 
 
-def load_config(directory: str) -> FamConfig:
+def _read_config_file(directory: str) -> dict[str, Any]:
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {directory} is not a fam-jax "
@@ -132,10 +142,26 @@ def load_config(directory: str) -> FamConfig:
   data = read_json(path)
   if data.get("format") != FORMAT:
     raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
-  return config_from_dict(data["config"])
+  return data
+
+
+def load_config(directory: str) -> FamConfig:
+  return config_from_dict(_read_config_file(directory)["config"])
+
+
+def load_prompt_prefix(directory: str) -> list[int]:
+  """The ids the checkpoint's training rows started with ([] if none)."""
+  data = _read_config_file(directory)
+  prefix = data.get("prompt_prefix", [])
+  if not (isinstance(prefix, list)
+          and all(isinstance(i, int) and i >= 0 for i in prefix)):
+    raise ValueError(f"{os.path.join(directory, CONFIG_FILE)}: prompt_prefix "
+                     f"must be a list of token ids, got {prefix!r}")
+  return prefix
 
 
 def save_checkpoint(directory: str, params: Any, cfg: FamConfig, *,
+                    prompt_prefix: Sequence[int] = (),
                     overwrite: bool = False) -> None:
   """Writes params and their config to `directory` in one step.
 
@@ -143,6 +169,7 @@ def save_checkpoint(directory: str, params: Any, cfg: FamConfig, *,
     directory: absent or empty, or (with overwrite) a checkpoint to replace.
     params: the `params` collection.
     cfg: its config.
+    prompt_prefix: the ids every training row started with (module doc).
     overwrite: replace a checkpoint already in `directory`.
 
   Raises:
@@ -151,14 +178,15 @@ def save_checkpoint(directory: str, params: Any, cfg: FamConfig, *,
   """
   with atomic.writing(directory, overwrite=overwrite, marker=CONFIG_FILE,
                       kind="a fam-jax checkpoint") as tmp:
-    write_checkpoint(tmp, params, cfg)
+    write_checkpoint(tmp, params, cfg, prompt_prefix=prompt_prefix)
 
 
-def write_checkpoint(directory: str, params: Any, cfg: FamConfig) -> None:
+def write_checkpoint(directory: str, params: Any, cfg: FamConfig, *,
+                     prompt_prefix: Sequence[int] = ()) -> None:
   """Writes params and config into an empty `directory`, file by file: wrap it
   in `atomic.writing` (as save_checkpoint does, or fam-convert with its other
   files) to make it one step."""
-  save_config(directory, cfg)
+  save_config(directory, cfg, prompt_prefix=prompt_prefix)
   atomic.kill_point("config-written")
   orbax_checkpointer().save(os.path.join(os.path.abspath(directory), PARAMS_DIR),
                             params)

@@ -27,6 +27,22 @@ def test_round_trip(tmp_path):
                                 run(model, params, tokens))
 
 
+def test_prompt_prefix_is_kept_beside_the_config(tmp_path):
+  cfg = tiny_config()
+  _, params = init_params(cfg)
+  save_checkpoint(str(tmp_path / "trained"), params, cfg, prompt_prefix=(0,))
+  save_checkpoint(str(tmp_path / "converted"), params, cfg)
+  assert checkpoint.load_prompt_prefix(str(tmp_path / "trained")) == [0]
+  assert checkpoint.load_prompt_prefix(str(tmp_path / "converted")) == []
+  assert load_config(str(tmp_path / "trained")) == cfg
+  path = tmp_path / "trained" / CONFIG_FILE
+  data = json.loads(path.read_text())
+  data["prompt_prefix"] = ["<s>"]
+  path.write_text(json.dumps(data))
+  with pytest.raises(ValueError, match="prompt_prefix must be a list of token"):
+    checkpoint.load_prompt_prefix(str(tmp_path / "trained"))
+
+
 def test_restore_casts_to_dtype(tmp_path):
   cfg = tiny_config(attention="bswa", block_size=4)
   _, params = init_params(cfg)

@@ -12,7 +12,7 @@ import pytest
 import seqio
 
 from fam_jax.config import FamConfig
-from fam_jax.tasks import passkey
+from fam_jax.tasks import features, passkey
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import passkey_probe  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -26,6 +26,8 @@ def test_passkey_rows_match_the_task():
   targets = batch["decoder_target_tokens"]
   np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 1:],
                                 targets[:, :-1])
+  np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 0],
+                                features.DECODER_BOS)
   for row, weights in zip(targets, batch["decoder_loss_weights"]):
     used = int(np.sum(row != 0))
     assert row[used - 1] == VOCAB.eos_id

@@ -356,6 +356,9 @@ def test_t5x_checkpoint_streams_through_fam_generate(t5x_run, tmp_path, capsys):
   assert loaded_cfg == cfg
   jax.tree_util.tree_map(np.testing.assert_array_equal, params,
                          t5x_checkpoints.read_params(source))
+  # t5x trained on rows that start with the decoder BOS, and fam-generate
+  # feeds it before the prompt, as t5x's decoding does.
+  assert checkpoint.load_prompt_prefix(str(tmp_path / "fam")) == [0]
   prompt = "The pass key is 4242. Remember it."
   capsys.readouterr()
   assert generate_main(["--checkpoint", str(tmp_path / "fam"), "--prompt",
@@ -363,7 +366,7 @@ def test_t5x_checkpoint_streams_through_fam_generate(t5x_run, tmp_path, capsys):
   out = capsys.readouterr().out
   tokenizer = ByteTokenizer()
   decoder = IncrementalDecoder(tokenizer)  # how fam-generate prints tokens
-  tokens = _fam_generate(params, cfg, tokenizer.encode(prompt), 6)
+  tokens = _fam_generate(params, cfg, [0] + tokenizer.encode(prompt), 6)
   assert out == "".join(decoder.push(t) for t in tokens) + decoder.flush() + "\n"
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from fam_jax import FamLM, checkpoint
 from fam_jax.cli.train import main as train_main
+from fam_jax.tasks.features import DECODER_BOS
 from fam_jax.train import config as train_config
 from fam_jax.train import data, observe
 import train_cli
@@ -53,6 +54,9 @@ def test_run_writes_metrics_events_plot_and_an_export(tmp_path):
   exported, cfg = checkpoint.load_checkpoint(os.path.join(model_dir, "export"))
   trained, run_cfg = checkpoint.load_checkpoint(model_dir)
   assert cfg.lora_rank == 0 and run_cfg.lora_rank == 4
+  # Its rows started with the decoder BOS: fam-generate feeds it first.
+  for directory in (model_dir, os.path.join(model_dir, "export")):
+    assert checkpoint.load_prompt_prefix(directory) == [DECODER_BOS]
   tokens = np.arange(1, 100, dtype=np.int32)[None]
   merged = FamLM(cfg).apply({"params": exported}, tokens)
   adapted = FamLM(run_cfg).apply({"params": trained}, tokens)

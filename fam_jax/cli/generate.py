@@ -205,6 +205,11 @@ def _main(argv) -> int:
   prompt = _encode_prompt(args, tokenizer)
   if not prompt:
     raise UserError("the prompt is empty")
+  if args.checkpoint and not args.resume_state:
+    # As training presented its rows (checkpoint.py, prompt_prefix); a resumed
+    # stream already began with them.
+    with user_errors(ValueError, context=f"--checkpoint {args.checkpoint}"):
+      prompt = checkpoint.load_prompt_prefix(args.checkpoint) + prompt
   if args.resume_state:
     with user_errors(FileNotFoundError, ValueError,
                      context=f"--resume-state {args.resume_state}"):

@@ -29,6 +29,7 @@ from fam_jax import checkpoint, lora
 from fam_jax.config import FamConfig
 from fam_jax.gin_utils import parse_gin
 from fam_jax.t5x.models import fam_config
+from fam_jax.tasks.features import DECODER_BOS
 from fam_jax.weights import check_params
 
 STATE_DIR = "state"  # t5x's orbax item of the train state
@@ -81,7 +82,9 @@ def convert(t5x_checkpoint: str, output: str, cfg: FamConfig, *,
                      f"({e})") from None
   if merge_lora and cfg.lora_rank:
     params, cfg = lora.merge_lora(params, cfg)
-  checkpoint.save_checkpoint(output, params, cfg, overwrite=overwrite)
+  # t5x's rows (seqio's converters) and its decoding start with DECODER_BOS.
+  checkpoint.save_checkpoint(output, params, cfg, overwrite=overwrite,
+                             prompt_prefix=(DECODER_BOS,))
   return cfg
 
 

@@ -80,8 +80,10 @@ def _write_run_files(model_dir: str, cfg: FamConfig, gin_text: str,
                      tokenizer) -> None:
   """The config (and tokenizer) beside the checkpoints: checkpoint.load_checkpoint
   and fam-generate read a run directory as a checkpoint."""
+  from fam_jax.tasks.features import DECODER_BOS  # pylint: disable=g-import-not-at-top
   os.makedirs(model_dir, exist_ok=True)
-  checkpoint.save_config(model_dir, cfg)
+  # Every row data.py makes starts with DECODER_BOS (seqio's converter).
+  checkpoint.save_config(model_dir, cfg, prompt_prefix=(DECODER_BOS,))
   tmp = os.path.join(model_dir, GIN_FILE + ".tmp")
   with open(tmp, "w") as f:
     f.write(gin_text)
@@ -121,7 +123,9 @@ def export(model_dir: str, params, cfg: FamConfig) -> str:
   tokenizer = load_tokenizer(model_dir)
   with atomic.writing(directory, overwrite=True, marker=checkpoint.CONFIG_FILE,
                       kind="a fam-jax checkpoint") as tmp:
-    checkpoint.write_checkpoint(tmp, params, cfg)
+    checkpoint.write_checkpoint(
+        tmp, params, cfg,
+        prompt_prefix=checkpoint.load_prompt_prefix(model_dir))
     with open(os.path.join(tmp, gin_utils.MODEL_GIN_FILE), "w") as f:
       f.write(gin_utils.config_to_gin(cfg, header=f"Exported by fam-train from "
                                       f"{model_dir}"))
