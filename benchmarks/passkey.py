@@ -25,8 +25,9 @@ Scales:
   appeared within 500 steps on this CPU (39 min for 1,012 steps of fam on 2
   cores) and after 1,000-3,000 in the probe's GPU runs
   (benchmarks/passkey_probe.py); 3,000 memory steps did not teach FAM to
-  carry the key. The probe's recall drill at m=0 did (36% at a filler of
-  1,024 tokens; README), evaluated here with --checkpoints.
+  carry the key. The probe's recall drill did (benchmarks/gpu_checks.sh:
+  100% at 9x the receptive field, BSWA 0%; README), evaluated here with
+  --checkpoints.
 - `smollm2`: SmolLM2-135M-Instruct from its GGUF (a path: the file may have
   arrived in parts and been joined), rank-64 LoRA, the paper's N=1024, m=3,
   F=64 (gin_configs/train/passkey_smollm2.gin), fam_passkey_train (fillers of

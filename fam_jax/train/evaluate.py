@@ -73,7 +73,7 @@ def decode_metrics(params, cfg: FamConfig, task_name: str, split: str,
     chunk = examples[start:start + batch_size]
     # As training's rows (and t5x's decoding) present it: the decoder's BOS,
     # then the inputs. Without it every position is one off from training's,
-    # which moves the block boundaries: a FAM model with m=0 (README, PassKey)
+    # which moves the block boundaries: a FAM model with m=0 (docs/passkey/HISTORY.md)
     # answered 11 / 17 / 10% of PassKey prompts at fillers 32 / 128 / 256
     # without it, 32 / 34 / 20% with it.
     lengths = [1 + len(ex["inputs"]) for ex in chunk]
