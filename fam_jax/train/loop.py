@@ -76,14 +76,19 @@ def _check_divisible(train_cfg: TrainConfig, mesh) -> None:
         f"mesh's data × fsdp = {ways} batch shards")
 
 
+def _prompt_prefix() -> tuple[int, ...]:
+  """What every row data.py makes starts with: seqio's converter shifts
+  DECODER_BOS into position 0 (checkpoint.py, prompt_prefix)."""
+  from fam_jax.tasks.features import DECODER_BOS  # pylint: disable=g-import-not-at-top
+  return (DECODER_BOS,)
+
+
 def _write_run_files(model_dir: str, cfg: FamConfig, gin_text: str,
                      tokenizer) -> None:
   """The config (and tokenizer) beside the checkpoints: checkpoint.load_checkpoint
   and fam-generate read a run directory as a checkpoint."""
-  from fam_jax.tasks.features import DECODER_BOS  # pylint: disable=g-import-not-at-top
   os.makedirs(model_dir, exist_ok=True)
-  # Every row data.py makes starts with DECODER_BOS (seqio's converter).
-  checkpoint.save_config(model_dir, cfg, prompt_prefix=(DECODER_BOS,))
+  checkpoint.save_config(model_dir, cfg, prompt_prefix=_prompt_prefix())
   tmp = os.path.join(model_dir, GIN_FILE + ".tmp")
   with open(tmp, "w") as f:
     f.write(gin_text)
@@ -123,9 +128,8 @@ def export(model_dir: str, params, cfg: FamConfig) -> str:
   tokenizer = load_tokenizer(model_dir)
   with atomic.writing(directory, overwrite=True, marker=checkpoint.CONFIG_FILE,
                       kind="a fam-jax checkpoint") as tmp:
-    checkpoint.write_checkpoint(
-        tmp, params, cfg,
-        prompt_prefix=checkpoint.load_prompt_prefix(model_dir))
+    checkpoint.write_checkpoint(tmp, params, cfg,
+                                prompt_prefix=_prompt_prefix())
     with open(os.path.join(tmp, gin_utils.MODEL_GIN_FILE), "w") as f:
       f.write(gin_utils.config_to_gin(cfg, header=f"Exported by fam-train from "
                                       f"{model_dir}"))
