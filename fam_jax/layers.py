@@ -215,6 +215,41 @@ def masked(logits: jax.Array, mask: jax.Array, t: int) -> jax.Array:
   return jnp.where(mask[..., None, :, None, :], logits, MASKED_LOGIT)
 
 
+# A softmax built up piece by piece (online softmax): the streaming path reads
+# its keys a piece at a time (cache tiles, ring segments, FAM, block) and never
+# holds the scores of all of them. The carry is (running max [..., K, T*G],
+# running sum of exponentials [..., K, T*G], weighted values [..., K, T*G, E]),
+# in float32. A row whose keys so far were all masked carries MASKED_LOGIT as
+# its max; its first visible key rescales that junk away by exp(-1e30) = 0.
+def online_softmax_start(rows: jax.Array):
+  """The empty carry for `group_queries` rows [..., K, T*G, E]."""
+  shape = rows.shape[:-1]
+  return (jnp.full(shape, MASKED_LOGIT, jnp.float32),
+          jnp.zeros(shape, jnp.float32), jnp.zeros(rows.shape, jnp.float32))
+
+
+def online_softmax_add(carry, rows: jax.Array, k: jax.Array, v: jax.Array,
+                       mask: Optional[jax.Array], t: int):
+  """Adds keys k and values v [..., K, S, E] to the carry; mask (broadcastable
+  to [..., T, S]) or None where every query sees every key."""
+  top, total, acc = carry
+  logits = jnp.einsum("...qe,...se->...qs", rows, k,
+                      preferred_element_type=jnp.float32)
+  if mask is not None:
+    logits = masked(logits, mask, t).reshape(logits.shape)
+  new_top = jnp.maximum(top, logits.max(axis=-1))
+  rescale = jnp.exp(top - new_top)
+  probs = jnp.exp(logits - new_top[..., None])
+  acc = acc * rescale[..., None] + jnp.matmul(probs.astype(v.dtype), v)
+  return new_top, total * rescale + probs.sum(axis=-1), acc
+
+
+def online_softmax_finish(carry, t: int, dtype) -> jax.Array:
+  """The attention output [..., T, H, E] of a finished carry."""
+  _, total, acc = carry
+  return ungroup_heads((acc / total[..., None]).astype(dtype), t)
+
+
 def ungroup_heads(out: jax.Array, t: int) -> jax.Array:
   """The inverse of `group_queries` for outputs: [..., K, T*G, E] ->
   [..., T, H, E]."""

@@ -14,7 +14,7 @@ of block τ (the F FAM queries) sees
 `memory_windows` builds the memory part for keys, values and key attributes alike,
 so the layout is defined once, here. The streaming step keeps the last m blocks
 in a ring buffer and uses the same layout with the ring in place of the memory
-segments (`stream_chunk_mask`). Masks are booleans, True where a query may look.
+segments (`stream_chunk_mask_parts`). Masks are booleans, True where a query may look.
 
 Packed inputs (segment_ids, t5x convention: 0 is padding). Tokens see tokens of
 their own segment only. A FAM belongs to the segment of the last real token of the
@@ -131,21 +131,21 @@ def fam_update_mask(valid_block: jax.Array, fam_length: int,
                           (b, fam_length, key_valid.shape[1]))
 
 
-def stream_chunk_mask(fill: jax.Array, end: jax.Array, blocks_done: jax.Array,
-                      chunk_length: int, block_size: int, memory_segments: int,
-                      fam_length: int) -> jax.Array:
-  """Mask of a streaming step: the queries of a chunk of up to one block.
+def stream_chunk_mask_parts(fill: jax.Array, end: jax.Array,
+                            blocks_done: jax.Array, chunk_length: int,
+                            block_size: int, memory_segments: int):
+  """Mask of a streaming step (the queries of a chunk of up to one block), by
+  the pieces of keys it reads.
 
   A stream's state holds the keys of its last m blocks in a ring buffer and
-  those of the block being filled, so the keys a chunk's queries see are laid
-  out as
+  those of the block being filled, so the keys a chunk's queries see are
 
       [ ring (m·N) | FAM_{τ-1} (F) | current block (N) ]
 
   the layout of `block_attention_mask` with the ring standing in for the memory
   segments (softmax does not care about key order). Chunk token i sits in block
-  slot fill + i; it sees the ring slots already holding a block, the FAM, and
-  the block slots up to its own.
+  slot fill + i; it sees every ring slot already holding a block (all of that
+  block), the whole FAM, and the block slots up to its own.
 
   Args:
     fill: [B] block slots filled before this chunk.
@@ -155,21 +155,17 @@ def stream_chunk_mask(fill: jax.Array, end: jax.Array, blocks_done: jax.Array,
     chunk_length: C, the chunk's width (tokens past end - fill are padding).
     block_size: N.
     memory_segments: m.
-    fam_length: F (0 without FAM).
 
   Returns:
-    [B, C, m·N + F + N].
+    (ring_valid [B, m]: ring slot j holds a block, for every query; own
+    [B, C, N]: the current block's slots each chunk token sees). The FAM needs
+    no mask.
   """
-  b = fill.shape[0]
-  n, m = block_size, memory_segments
-  slot = jnp.arange(n)
+  slot = jnp.arange(block_size)
   query_slot = fill[:, None] + jnp.arange(chunk_length)  # [B, C]
-  ring_valid = jnp.arange(m)[None] < blocks_done[:, None]  # [B, m]
-  ring = jnp.repeat(ring_valid, n, axis=1)[:, None, :]
+  ring_valid = jnp.arange(memory_segments)[None] < blocks_done[:, None]
   own = (slot[None, None] <= query_slot[..., None]) & (slot < end[:, None])[:, None]
-  return jnp.concatenate([jnp.broadcast_to(ring, (b, chunk_length, m * n)),
-                          jnp.ones((b, chunk_length, fam_length), bool), own],
-                         axis=-1)
+  return ring_valid, own
 
 
 def causal_mask(valid: jax.Array,

@@ -21,6 +21,7 @@ import numpy as np
 from fam_jax.config import FamConfig
 from fam_jax.model import FamLM
 from fam_jax.streaming import CACHE_TILE, default_chunk
+from fam_jax.weights import ModelWeights
 
 GIB = 2**30
 
@@ -37,13 +38,15 @@ class StreamMemory:
     weights: the parameters.
     state: the StreamState (FAM, ring buffer, current block or KV cache).
     activations: the largest step's temporaries: per layer, float32 scores,
-      masked scores and probabilities [B, H, c, S] for c queries and S keys
-      (full attention: S is one tile of its cache, plus the online softmax's
-      float32 [B, H, c, E] weighted values),
+      masked scores and probabilities [B, H, c, S] for c queries and the S
+      keys of the FAM and the block (a ring segment is a block's; full
+      attention: a tile of its cache), plus the online softmax's float32 [B, H, c, E]
+      weighted values,
       their mask, the keys and values gathered for them, the projections and
-      feed-forward activations of the c tokens, and the new state (XLA fuses
+      feed-forward activations of the c tokens, one layer's weights (sliced
+      out of the stacked layers), and the new state (XLA fuses
       some of these; tests/test_memory.py compares the sum with XLA's own
-      analysis: 1.0-1.6x).
+      analysis: 1.17-1.69x).
   """
 
   weights: int
@@ -86,27 +89,33 @@ def stream_memory(cfg: FamConfig, *, batch_size: int = 1,
   counters = b * (3 * 4 + 1)  # position, fill, blocks_done; fam_fresh
   state = layers * b * (f * cfg.d_model + (f + m * n + n) * kv_token) * act
   state += counters
-  # The keys one softmax sees at a time: full attention reads a tile.
-  keys = m * n + f + n if cfg.is_blockwise else min(n, CACHE_TILE)
+  # The keys whose scores exist at once: the FAM's and the block's (XLA may
+  # schedule the two pieces together; a memory segment is one block, in a
+  # loop of its own); full attention: a tile of its cache.
+  keys = f + n if cfg.is_blockwise else min(n, CACHE_TILE)
   scores = 3 * b * cfg.num_heads * chunk * keys * 4
   mask = b * chunk * keys
   gathered = b * keys * kv_token * act
   projections = b * chunk * (2 * cfg.d_model + (cfg.num_heads + 2 *
                                                 cfg.num_kv_heads) * cfg.head_dim) * act
   mlp = 3 * b * chunk * cfg.mlp_dim * act
-  # Full attention's online softmax carries float32 weighted values.
-  carried = 0 if cfg.is_blockwise else b * chunk * cfg.num_heads * cfg.head_dim * 4
+  # The online softmax carries float32 weighted values.
+  carried = b * chunk * cfg.num_heads * cfg.head_dim * 4
   shapes = jax.eval_shape(FamLM(cfg).init, jax.random.PRNGKey(0),
                           jnp.zeros((1, 1), jnp.int32))["params"]
-  weights = sum(int(np.prod(x.shape)) * x.dtype.itemsize
-                for x in jax.tree_util.tree_leaves(shapes))
+  size = lambda tree: sum(int(np.prod(x.shape)) * x.dtype.itemsize
+                         for x in jax.tree_util.tree_leaves(tree))
+  weights = size(shapes)
+  # The layer scan slices each layer's weights out of the stack (a copy).
+  layer = size(jax.eval_shape(
+      lambda p: ModelWeights.from_params(p, cfg).layers, shapes)) // layers
   # A blockwise step writes the new state beside the old one before the old
   # is freed; full attention's KV cache is updated in place (XLA plans the same
   # temporaries at every capacity).
   written = state if cfg.is_blockwise else 0
   return StreamMemory(weights=weights, state=state,
                       activations=(scores + mask + gathered + projections + mlp
-                                   + carried + written))
+                                   + carried + written + layer))
 
 
 def available_memory() -> Optional[int]:

@@ -32,9 +32,9 @@ from fam_jax.checkpoint import (config_to_dict, orbax_checkpointer,
                                 params_fingerprint, restore_arrays)
 from fam_jax.config import FamConfig
 from fam_jax.jsonfile import read_json
-from fam_jax.layers import (MASKED_LOGIT, attend_parts, embed, group_queries,
-                            masked, output_logits, post_attention,
-                            pre_attention, ungroup_heads)
+from fam_jax.layers import (embed, group_queries, online_softmax_add,
+                            online_softmax_finish, online_softmax_start,
+                            output_logits, post_attention, pre_attention)
 from fam_jax.weights import ModelWeights
 
 # /2: with the weights' fingerprint; /3: KV caches head-major [.., K, N, E].
@@ -58,7 +58,7 @@ class StreamState(NamedTuple):
     block_k, block_v: [L, B, K, N, E] the current block's keys and values.
 
   The KV caches are head-major (each key/value head's slots contiguous) so
-  that attention reads them in place (`layers.attend_parts`).
+  that attention reads them in place (`_attend_window`, `_attend_cache`).
   """
 
   position: jax.Array
@@ -187,27 +187,17 @@ def _attend_cache(q, cache_k, cache_v, layer, query_slot, end):
                                  (1, b, kv_heads, tile, e))[0]
 
   def one_tile(i, carry, interior: bool):
-    top, total, acc = carry
     start = i * tile
     at = jnp.minimum(start, n - tile)  # a last, partial tile reads back
-    logits = jnp.einsum("bkqe,bkse->bkqs", rows, read(cache_k, at),
-                        preferred_element_type=jnp.float32)
+    mask = None
     if not interior:  # mask the slots above a query, past the end, read back
       slot = at + jnp.arange(tile)
       mask = ((slot >= start) & (slot[None, None] <= query_slot[..., None])
               & (slot < end[:, None, None]))  # [B, C, tile]
-      logits = masked(logits, mask, c).reshape(logits.shape)
-    new_top = jnp.maximum(top, logits.max(axis=-1))
-    rescale = jnp.exp(top - new_top)
-    probs = jnp.exp(logits - new_top[..., None])
-    values = read(cache_v, at)
-    acc = acc * rescale[..., None] + jnp.matmul(probs.astype(values.dtype),
-                                                values)
-    return new_top, total * rescale + probs.sum(axis=-1), acc
+    return online_softmax_add(carry, rows, read(cache_k, at),
+                              read(cache_v, at), mask, c)
 
-  shape = rows.shape[:-1]
-  carry = (jnp.full(shape, MASKED_LOGIT, jnp.float32),
-           jnp.zeros(shape, jnp.float32), jnp.zeros(rows.shape, jnp.float32))
+  carry = online_softmax_start(rows)
   # Interior tiles: every slot filled and below every query of every stream,
   # so they skip the mask (its select was ~4% of a SmolLM2 prefill); only the
   # diagonal tiles and those past a stream's end are masked.
@@ -215,9 +205,56 @@ def _attend_cache(q, cache_k, cache_v, layer, query_slot, end):
   tiles = (jnp.max(end) + tile - 1) // tile
   carry = jax.lax.fori_loop(0, interior, functools.partial(
       one_tile, interior=True), carry)
-  _, total, acc = jax.lax.fori_loop(interior, tiles, functools.partial(
+  carry = jax.lax.fori_loop(interior, tiles, functools.partial(
       one_tile, interior=False), carry)
-  return ungroup_heads((acc / total[..., None]).astype(q.dtype), c)
+  return online_softmax_finish(carry, c, q.dtype)
+
+
+def _attend_window(q, ring_k, ring_v, fam_k, fam_v, block_k, block_v,
+                   ring_valid, own):
+  """attention='bswa'/'fam': a chunk's queries over [ring | FAM | block], one
+  piece at a time with an online softmax.
+
+  Each ring segment (a memory block) is one piece, read in a loop over the
+  segments that hold a block: those that do in every stream skip the mask.
+  [choice: pieces, not one masked softmax over the concatenated keys
+  (`layers.attend_parts`): a SmolLM2 prefill chunk's attention (512 queries
+  over 3 x 512 ring + 512 block keys) took 85-88 ms that way and 35-39 ms read
+  in 512-key pieces in a loop, 2 CPU cores.]
+
+  Args:
+    q: [B, C, H, E].
+    ring_k, ring_v: [B, K, m, N, E] the layer's ring of memory segments.
+    fam_k, fam_v: [B, F, K, E] the FAM's keys and values (F may be 0).
+    block_k, block_v: [B, K, N, E] the current block, the chunk written.
+    ring_valid, own: `masks.stream_chunk_mask_parts`.
+
+  Returns:
+    [B, C, H, E].
+  """
+  c = q.shape[1]
+  rows = group_queries(q, block_k.shape[1])  # [B, K, C*G, E]
+  carry = online_softmax_start(rows)
+  if ring_k.shape[2]:
+    segment = lambda ring, j: jax.lax.dynamic_index_in_dim(ring, j, axis=2,
+                                                           keepdims=False)
+
+    def one_segment(j, carry, everyone: bool):
+      mask = None if everyone else ring_valid[:, j, None, None]  # [B, 1, 1]
+      return online_softmax_add(carry, rows, segment(ring_k, j),
+                                segment(ring_v, j), mask, c)
+
+    filled = jnp.sum(ring_valid, axis=1)  # [B] the valid slots are a prefix
+    carry = jax.lax.fori_loop(0, jnp.min(filled), functools.partial(
+        one_segment, everyone=True), carry)
+    carry = jax.lax.fori_loop(jnp.min(filled), jnp.max(filled),
+                              functools.partial(one_segment, everyone=False),
+                              carry)
+  if fam_k.shape[1]:
+    carry = online_softmax_add(carry, rows, jnp.swapaxes(fam_k, 1, 2),
+                               jnp.swapaxes(fam_v, 1, 2), None, c)
+  carry = online_softmax_add(carry, rows, block_k, block_v, own, c)
+  return online_softmax_finish(carry, c, q.dtype)
 
 
 def _write_chunk(cache, new, layer, fill, end, start):
@@ -280,11 +317,12 @@ def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
   complete = (end == n) if cfg.is_blockwise else jnp.zeros((b,), bool)
   start = jnp.minimum(state.fill, n - c)
 
-  # Keys: [ring (m·N) | FAM (F) | current block]; full attention reads its
-  # cache in tiles instead (`_attend_cache`).
+  # Keys: [ring (m·N) | FAM (F) | current block], read a piece at a time
+  # (`_attend_window`); full attention reads its cache in tiles
+  # (`_attend_cache`).
   if cfg.is_blockwise:
-    mask = masks.stream_chunk_mask(state.fill, end, state.blocks_done, c, n, m,
-                                   f)
+    ring_valid, own = masks.stream_chunk_mask_parts(
+        state.fill, end, state.blocks_done, c, n, m)
   query_slot = state.fill[:, None] + jnp.arange(c)
   block_start = state.position - state.fill
   next_block_start = state.position + n_new
@@ -297,13 +335,9 @@ def step(params, state: StreamState, tokens: jax.Array, n_new: jax.Array,
     blk_v = _write_chunk(blk_v, v, index, state.fill, end, start)
     layer_kv = lambda cache: jax.lax.dynamic_slice(
         cache, (index, 0, 0, 0, 0), (1, *cache.shape[1:]))[0]  # [B, K, N, E]
-    heads_major = lambda x: jnp.swapaxes(x, 1, 2)
     if cfg.is_blockwise:
-      parts = [(mem_k.reshape(b, k.shape[2], m * n, k.shape[3]),
-                mem_v.reshape(b, v.shape[2], m * n, v.shape[3])),
-               (heads_major(fam_k), heads_major(fam_v)),
-               (layer_kv(blk_k), layer_kv(blk_v))]
-      heads = attend_parts(q, [p for p in parts if p[0].shape[2]], mask)
+      heads = _attend_window(q, mem_k, mem_v, fam_k, fam_v, layer_kv(blk_k),
+                             layer_kv(blk_v), ring_valid, own)
     else:
       heads = _attend_cache(q, blk_k, blk_v, index, query_slot, end)
     x = post_attention(lw, heads, x, cfg)
