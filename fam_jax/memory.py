@@ -40,13 +40,12 @@ class StreamMemory:
     activations: the largest step's temporaries: per layer, float32 scores,
       masked scores and probabilities [B, H, c, S] for c queries and the S
       keys of the FAM and the block (a ring segment is a block's; full
-      attention: a tile of its cache), plus the online softmax's float32 [B, H, c, E]
-      weighted values,
-      their mask, the keys and values gathered for them, the projections and
-      feed-forward activations of the c tokens, one layer's weights (sliced
-      out of the stacked layers), and the new state (XLA fuses
-      some of these; tests/test_memory.py compares the sum with XLA's own
-      analysis: 1.17-1.69x).
+      attention: a tile of its cache), the online softmax's float32
+      [B, H, c, E] weighted values, their mask, the keys and values gathered
+      for them, the projections and feed-forward activations of the c tokens,
+      one layer's weights (sliced out of the stacked layers), and the new
+      state (XLA fuses some of these; tests/test_memory.py compares the sum
+      with XLA's own analysis: 1.17-1.69x).
   """
 
   weights: int
