@@ -139,6 +139,14 @@ def gated_mlp(x: jax.Array, gate: Projection, up: Projection, down: Projection,
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """Masked dot-product attention with grouped key/value heads.
 
+  Layout: each key/value head's queries (T positions x G heads) are the rows
+  of one plain batched matmul, [..., K, T*G, E] @ [..., K, E, S], and the
+  probabilities [..., K, T*G, S] multiply [..., K, S, E]. On CPU this runs the
+  training block attention's forward+backward up to 1.6x faster than einsums
+  whose outputs put G before T (XLA then transposes the float32 scores).
+  The streaming path reads its head-major caches with the same layout, a
+  piece at a time (`online_softmax_add`).
+
   Args:
     q: [..., T, H, E] queries (RoPE already applied).
     k: [..., S, K, E] keys, K dividing H (GQA/MQA).
@@ -148,54 +156,19 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
   Returns:
     [..., T, H, E] in the dtype of q. Logits and softmax run in float32.
   """
-  # Fresh keys go straight to [..., K, E, S], the values to [..., K, S, E].
-  return attend_parts(q, [(jnp.moveaxis(k, -3, -1), jnp.swapaxes(v, -3, -2))],
-                      mask, keys_transposed=True)
-
-
-def attend_parts(q: jax.Array, parts, mask: jax.Array, *,
-                 keys_transposed: bool = False) -> jax.Array:
-  """`attend` over keys and values held in pieces, as if concatenated along S.
-
-  One softmax over all the pieces' logits; the keys and values themselves are
-  never concatenated (no copy of a KV cache per step).
-
-  Layout: each key/value head's queries (T positions x G heads) are the rows
-  of one plain batched matmul, [..., K, T*G, E] @ [..., K, S, E]^T, and the
-  probabilities [..., K, T*G, S] multiply [..., K, S, E]. The pieces come
-  head-major ([..., K, S, E], as the streaming caches store them), so neither
-  matmul transposes a cache: XLA multiplies by K^T in place. On CPU this
-  layout runs the streaming chunk's attention 1.9x and the training block
-  attention's forward+backward up to 1.6x faster than einsums whose outputs
-  put G before T (XLA then transposes the float32 scores), and head-major
-  caches decode SmolLM2 faster than [S, K, E] ones, whose transposing copies
-  took 43% of a decode step (benchmarks/fam_bench.py).
-
-  Args:
-    q: [..., T, H, E] queries.
-    parts: sequence of (k [..., K, S_i, E], v [..., K, S_i, E]).
-    mask: broadcastable to [..., T, sum S_i].
-    keys_transposed: the keys come as [..., K, E, S_i] (`attend`'s fresh
-      keys, one transpose away from [..., S, K, E]).
-  """
   *batch, t, h, _ = q.shape
-  kv_heads = parts[0][1].shape[-3]
-  g = h // kv_heads
-  q = group_queries(q, kv_heads)
-  contract = "...qe,...es->...qs" if keys_transposed else "...qe,...se->...qs"
-  logits = [jnp.einsum(contract, q, k, preferred_element_type=jnp.float32)
-            for k, _ in parts]
-  logits = logits[0] if len(logits) == 1 else jnp.concatenate(logits, axis=-1)
+  kv_heads = k.shape[-2]
+  rows = group_queries(q, kv_heads)
+  # Fresh keys go straight to [..., K, E, S], the values to [..., K, S, E].
+  k = jnp.moveaxis(k, -3, -1)
+  v = jnp.swapaxes(v, -3, -2)
+  logits = jnp.einsum("...qe,...es->...qs", rows, k,
+                      preferred_element_type=jnp.float32)
   # Mask and softmax as [..., K, T, G, S]: as [..., K, T*G, S] the training
   # block attention's forward+backward ran 4-7% slower on CPU.
   probs = jax.nn.softmax(masked(logits, mask, t), axis=-1)
-  probs = probs.reshape(*batch, kv_heads, t * g, logits.shape[-1])
-  out, start = None, 0
-  for _, v in parts:
-    size = v.shape[-2]
-    piece = jnp.matmul(probs[..., start:start + size].astype(v.dtype), v)
-    out, start = piece if out is None else out + piece, start + size
-  return ungroup_heads(out, t)
+  probs = probs.reshape(*batch, kv_heads, t * (h // kv_heads), logits.shape[-1])
+  return ungroup_heads(jnp.matmul(probs.astype(v.dtype), v), t)
 
 
 def group_queries(q: jax.Array, kv_heads: int) -> jax.Array:

@@ -217,10 +217,11 @@ def _attend_window(q, ring_k, ring_v, fam_k, fam_v, block_k, block_v,
 
   Each ring segment (a memory block) is one piece, read in a loop over the
   segments that hold a block: those that do in every stream skip the mask.
-  [choice: pieces, not one masked softmax over the concatenated keys
-  (`layers.attend_parts`): a SmolLM2 prefill chunk's attention (512 queries
-  over 3 x 512 ring + 512 block keys) took 85-88 ms that way and 35-39 ms read
-  in 512-key pieces in a loop, 2 CPU cores.]
+  [choice: pieces, not one masked softmax over the concatenated keys (as
+  `layers.attend` computes it, and this step did before e4aa215): a SmolLM2
+  prefill chunk's attention (512 queries over 3 x 512 ring + 512 block keys)
+  took 85-88 ms that way and 35-39 ms read in 512-key pieces in a loop, 2 CPU
+  cores.]
 
   Args:
     q: [B, C, H, E].
