@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fam_jax import masks
-from fam_jax.blockwise import FamKeys, SequenceContext, block_attention
+from fam_jax.blockwise import (FamKeys, SequenceContext, block_attention,
+                               block_attention_inputs)
 from fam_jax.config import FamConfig
 from fam_jax.layers import attend
 
@@ -34,14 +34,9 @@ CFG = FamConfig(vocab_size=259, num_layers=4, d_model=256, num_heads=4,
 
 def grouped_block_attention(q, k, v, fam: FamKeys, ctx: SequenceContext,
                             cfg: FamConfig, group: int) -> jax.Array:
-  """block_attention (no packing) with its blocks mapped over `group` at a
-  time: the same keys, values and mask, a bounded score array."""
-  n, m = cfg.block_size, cfg.memory_segments
-  q_b, k_b, v_b = (masks.split_blocks(x, n) for x in (q, k, v))
-  keys = jnp.concatenate([masks.memory_windows(k_b, m), fam.k, k_b], axis=2)
-  values = jnp.concatenate([masks.memory_windows(v_b, m), fam.v, v_b], axis=2)
-  mask = masks.block_attention_mask(masks.split_blocks(ctx.valid, n), m,
-                                    fam.k.shape[2])
+  """block_attention with its blocks mapped over `group` at a time: the same
+  keys, values and mask (`block_attention_inputs`), a bounded score array."""
+  q_b, keys, values, mask = block_attention_inputs(q, k, v, fam, ctx, cfg)
   blocks = q_b.shape[1]
   group = min(group, blocks)
 

@@ -206,6 +206,14 @@ def block_attention(q, k, v, fam: Optional[FamKeys], ctx: SequenceContext,
   Returns:
     [B, T, H, E] attention outputs.
   """
+  return attend(*block_attention_inputs(q, k, v, fam, ctx, cfg)).reshape(q.shape)
+
+
+def block_attention_inputs(q, k, v, fam: Optional[FamKeys],
+                           ctx: SequenceContext, cfg: FamConfig):
+  """What `block_attention` attends with, per block: (queries [B, nb, N, H, E],
+  keys and values [B, nb, m·N + F (+ F) + N, K, E] laid out as
+  [memory segments | FAM | (initial FAM) | block], mask [B, nb, N, keys])."""
   n, m = cfg.block_size, cfg.memory_segments
   q_b, k_b, v_b = (masks.split_blocks(x, n) for x in (q, k, v))
   segments = (None if ctx.segment_ids is None
@@ -223,9 +231,8 @@ def block_attention(q, k, v, fam: Optional[FamKeys], ctx: SequenceContext,
   mask = masks.block_attention_mask(
       masks.split_blocks(ctx.valid, n), m, fam_length, segments,
       None if fam is None else fam.segment)
-  out = attend(q_b, jnp.concatenate(keys + [k_b], axis=2),
-               jnp.concatenate(values + [v_b], axis=2), mask)
-  return out.reshape(q.shape)
+  return (q_b, jnp.concatenate(keys + [k_b], axis=2),
+          jnp.concatenate(values + [v_b], axis=2), mask)
 
 
 def full_attention(q, k, v, ctx: SequenceContext) -> jax.Array:
