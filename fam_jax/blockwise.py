@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from fam_jax import masks
 from fam_jax.config import FamConfig
-from fam_jax.layers import attend, post_attention, pre_attention
+from fam_jax.layers import attention, post_attention, pre_attention
 
 
 class SequenceContext(NamedTuple):
@@ -95,7 +95,7 @@ def initial_fam_layer(w, fam: jax.Array, cfg: FamConfig) -> jax.Array:
   f = fam.shape[-2]
   positions = jnp.arange(f) - f
   q, k, v = pre_attention(w, fam, positions, cfg)
-  heads = attend(q, k, v, jnp.ones((f, f), bool))
+  heads = attention(q, k, v, jnp.ones((f, f), bool), cfg.attention_kernel)
   return post_attention(w, heads, fam, cfg)
 
 
@@ -122,8 +122,9 @@ def update_fam(w, fam: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array,
   Returns:
     [B, F, D] F_τ.
   """
-  heads = attend(q, jnp.concatenate([k, block_k], axis=1),
-                 jnp.concatenate([v, block_v], axis=1), mask)
+  heads = attention(q, jnp.concatenate([k, block_k], axis=1),
+                    jnp.concatenate([v, block_v], axis=1), mask,
+                    cfg.attention_kernel)
   residual = fam
   if cfg.first_fam_residual == "zero":
     residual = jnp.where(fresh[:, None, None], jnp.zeros_like(fam), fam)
@@ -206,7 +207,9 @@ def block_attention(q, k, v, fam: Optional[FamKeys], ctx: SequenceContext,
   Returns:
     [B, T, H, E] attention outputs.
   """
-  return attend(*block_attention_inputs(q, k, v, fam, ctx, cfg)).reshape(q.shape)
+  heads = attention(*block_attention_inputs(q, k, v, fam, ctx, cfg),
+                    cfg.attention_kernel)
+  return heads.reshape(q.shape)
 
 
 def block_attention_inputs(q, k, v, fam: Optional[FamKeys],
@@ -235,9 +238,11 @@ def block_attention_inputs(q, k, v, fam: Optional[FamKeys],
           jnp.concatenate(values + [v_b], axis=2), mask)
 
 
-def full_attention(q, k, v, ctx: SequenceContext) -> jax.Array:
+def full_attention(q, k, v, ctx: SequenceContext, kernel: str = "einsum"
+                   ) -> jax.Array:
   """Plain causal attention over the whole input (attention='full')."""
-  return attend(q, k, v, masks.causal_mask(ctx.valid, ctx.segment_ids))
+  return attention(q, k, v, masks.causal_mask(ctx.valid, ctx.segment_ids),
+                   kernel)
 
 
 def decoder_layer(w, x: jax.Array, fam_in: Optional[jax.Array],
@@ -258,7 +263,7 @@ def decoder_layer(w, x: jax.Array, fam_in: Optional[jax.Array],
   q, k, v = pre_attention(w, x, ctx.positions, cfg)
   fam_out = None
   if not cfg.is_blockwise:
-    heads = full_attention(q, k, v, ctx)
+    heads = full_attention(q, k, v, ctx, cfg.attention_kernel)
   else:
     fam = None
     if cfg.num_fam_tokens:

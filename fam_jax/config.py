@@ -20,6 +20,7 @@ ACTIVATIONS = ("swiglu", "geglu")
 NORMS = ("rmsnorm", "layernorm")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots")
+ATTENTION_KERNELS = ("einsum", "xla", "cudnn")
 FIRST_FAM_RESIDUALS = ("zero", "initial")
 # The projections of a layer, by their parameter names.
 LORA_TARGETS = param_names.PROJECTIONS
@@ -71,6 +72,14 @@ class FamConfig:
     scan_layers: stack the layers with `nn.scan` (compile time independent of depth).
     remat: rematerialisation policy per layer: `none`, `full` (save nothing but
       the layer inputs) or `dots` (save matmul outputs without batch dims).
+    attention_kernel: what computes the masked attention of the training path
+      (block attention, FAM update, `full`): `einsum`, fam-jax's own
+      (`layers.attend`, float32 logits, every backend); `xla` or `cudnn`,
+      `jax.nn.dot_product_attention` with that implementation (`cudnn` is
+      cuDNN's fused flash attention on NVIDIA GPUs: bfloat16/float16 compute,
+      head_dim a multiple of 8, the mask passed as an additive bias). The
+      streaming path reads its caches piece by piece with its own online softmax
+      whatever this says.
   """
 
   vocab_size: int
@@ -100,6 +109,7 @@ class FamConfig:
   init_std: float = 0.02
   scan_layers: bool = True
   remat: str = "full"
+  attention_kernel: str = "einsum"
 
   def __post_init__(self):
     # gin hands lists for sequences; keep the config hashable.
@@ -131,6 +141,11 @@ class FamConfig:
     _check_choice("param_dtype", self.param_dtype, DTYPES)
     _check_choice("attention", self.attention, ATTENTION_KINDS)
     _check_choice("remat", self.remat, REMAT_POLICIES)
+    _check_choice("attention_kernel", self.attention_kernel, ATTENTION_KERNELS)
+    if self.attention_kernel == "cudnn" and self.dtype == "float32":
+      _fail("attention_kernel", self.attention_kernel,
+            "'einsum' or 'xla' when dtype='float32' (cuDNN's flash attention "
+            "computes in bfloat16 or float16)")
     _check_choice("first_fam_residual", self.first_fam_residual,
                   FIRST_FAM_RESIDUALS)
     if not self.norm_eps > 0:

@@ -7,8 +7,8 @@ import pytest
 
 from fam_jax import FamLM
 from reference import reference_forward
-from util import (init_params, random_tokens, rel_err, run, tiny_config,
-                  tiny_setup, unstack_layers)
+from util import (init_params, packed_segments, random_tokens, rel_err, run,
+                  tiny_config, tiny_setup, unstack_layers)
 
 TOL = 1e-5  # max relative error vs the float64 reference (issue #2)
 
@@ -60,22 +60,6 @@ def test_architecture_variants_match_reference(variant):
   assert rel_err(fam, expected_fam) <= TOL
 
 
-def _packed_segments(rng, batch, length, max_segment):
-  """Random packing: segments of random length, positions restarting at 0, and
-  trailing padding (segment 0), as t5x's packing produces."""
-  segments = np.zeros((batch, length), np.int32)
-  positions = np.zeros((batch, length), np.int32)
-  for b in range(batch):
-    t, s = 0, 1
-    end = length - int(rng.integers(0, 6))
-    while t < end:
-      size = min(int(rng.integers(1, max_segment + 1)), end - t)
-      segments[b, t:t + size] = s
-      positions[b, t:t + size] = np.arange(size)
-      t, s = t + size, s + 1
-  return segments, positions
-
-
 @pytest.mark.parametrize("attention,n,m,f,residual", [
     ("fam", 4, 1, 2, "zero"), ("fam", 8, 0, 4, "zero"), ("fam", 4, 3, 4, "zero"),
     ("fam", 4, 1, 2, "initial"), ("bswa", 4, 2, 0, "zero"),
@@ -85,7 +69,7 @@ def test_packed_inputs_match_reference(attention, n, m, f, residual):
                                           block_size=n, memory_segments=m,
                                           fam_length=max(f, 1), num_kv_heads=2,
                                           first_fam_residual=residual)
-  segments, positions = _packed_segments(np.random.default_rng(n + m), 3, 37,
+  segments, positions = packed_segments(np.random.default_rng(n + m), 3, 37,
                                          3 * n)
   expected, _ = reference_forward(params, cfg, tokens, positions=positions,
                                   segment_ids=segments)

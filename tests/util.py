@@ -54,6 +54,22 @@ def init_params(cfg: FamConfig, seed: int = 1):
   return model, jax.tree_util.tree_map_with_path(fill, shapes)
 
 
+def packed_segments(rng, batch, length, max_segment):
+  """Random packing: segments of random length, positions restarting at 0, and
+  trailing padding (segment 0), as t5x's packing produces."""
+  segments = np.zeros((batch, length), np.int32)
+  positions = np.zeros((batch, length), np.int32)
+  for b in range(batch):
+    t, s = 0, 1
+    end = length - int(rng.integers(0, 6))
+    while t < end:
+      size = min(int(rng.integers(1, max_segment + 1)), end - t)
+      segments[b, t:t + size] = s
+      positions[b, t:t + size] = np.arange(size)
+      t, s = t + size, s + 1
+  return segments, positions
+
+
 def tiny_setup(batch: int, length: int, **overrides):
   """(cfg, model, params, tokens): a tiny model (TINY with `overrides`), its
   random weights and random tokens [batch, length]."""
