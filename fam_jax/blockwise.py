@@ -191,7 +191,8 @@ def fam_scan(w, fam_in: jax.Array, fresh: jax.Array, initial_fam: jax.Array,
 
   segment = ctx.first_segment if packed else jnp.zeros(fresh.shape, jnp.int32)
   (fam_out, _, _), seen = jax.lax.scan(
-      update, (fam_in.astype(cfg.compute_dtype), fresh, segment), xs)
+      update, (fam_in.astype(cfg.compute_dtype), fresh, segment), xs,
+      unroll=cfg.fam_scan_unroll)
   seen = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), seen)
   return seen, fam_out
 

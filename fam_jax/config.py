@@ -72,6 +72,11 @@ class FamConfig:
     scan_layers: stack the layers with `nn.scan` (compile time independent of depth).
     remat: rematerialisation policy per layer: `none`, `full` (save nothing but
       the layer inputs) or `dots` (save matmul outputs without batch dims).
+    fam_scan_unroll: blocks per iteration of the FAM's `lax.scan` over the
+      blocks (its `unroll`); 1 keeps one block per iteration, so compile time
+      does not grow with the length. More lets XLA fuse and schedule across
+      blocks: on an H100 the paper's 1B step at 8k tokens took 338 instead of
+      400 ms with all 8 blocks unrolled (README, Measured).
     attention_kernel: what computes the masked attention of the training path
       (block attention, FAM update, `full`): `einsum`, fam-jax's own
       (`layers.attend`, float32 logits, every backend); `xla` or `cudnn`,
@@ -109,6 +114,7 @@ class FamConfig:
   init_std: float = 0.02
   scan_layers: bool = True
   remat: str = "full"
+  fam_scan_unroll: int = 1
   attention_kernel: str = "einsum"
 
   def __post_init__(self):
@@ -141,6 +147,8 @@ class FamConfig:
     _check_choice("param_dtype", self.param_dtype, DTYPES)
     _check_choice("attention", self.attention, ATTENTION_KINDS)
     _check_choice("remat", self.remat, REMAT_POLICIES)
+    if not _is_positive_int(self.fam_scan_unroll):
+      _fail("fam_scan_unroll", self.fam_scan_unroll, "a positive integer")
     _check_choice("attention_kernel", self.attention_kernel, ATTENTION_KERNELS)
     if self.attention_kernel == "cudnn" and self.dtype == "float32":
       _fail("attention_kernel", self.attention_kernel,

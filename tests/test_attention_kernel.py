@@ -46,13 +46,6 @@ def test_xla_kernel_matches_reference_and_einsum_gradients(attention, n, m, f, k
     assert rel_err(g, e) <= 1e-4, path
 
 
-def test_cudnn_kernel_needs_half_precision():
-  with pytest.raises(ValueError, match="attention_kernel.*dtype='float32'"):
-    tiny_config(attention_kernel="cudnn")
-  with pytest.raises(ValueError, match="attention_kernel.*'einsum', 'xla'"):
-    tiny_config(attention_kernel="flash")
-
-
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN needs a GPU")
 @pytest.mark.parametrize("attention", ["fam", "bswa", "full"])
 def test_cudnn_kernel_matches_einsum_on_gpu(attention):

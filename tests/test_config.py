@@ -27,6 +27,11 @@ from util import TINY
     (dict(lora_rank=4, lora_targets=()), "lora_targets", "non-empty"),
     (dict(lora_alpha=0.0), "lora_alpha", "> 0"),
     (dict(rope_theta=-1.0), "rope_theta", "> 0"),
+    (dict(fam_scan_unroll=0), "fam_scan_unroll", "positive integer"),
+    (dict(attention_kernel="flash"), "attention_kernel",
+     "'einsum', 'xla', 'cudnn'"),
+    (dict(attention_kernel="cudnn"), "attention_kernel",
+     "'einsum' or 'xla' when dtype='float32'"),
 ])
 def test_rejects_bad_values_naming_field_and_allowed_values(overrides, field,
                                                             allowed):

@@ -77,6 +77,19 @@ def test_packed_inputs_match_reference(attention, n, m, f, residual):
   assert rel_err(logits, expected, where=segments != 0) <= TOL
 
 
+def test_unrolled_fam_scan_matches_reference():
+  """fam_scan_unroll=3 over 10 blocks (three unrolled iterations and a
+  remainder of one), packed inputs."""
+  cfg, model, params, tokens = tiny_setup(3, 37, attention="fam", block_size=4,
+                                          memory_segments=1, fam_length=2,
+                                          num_kv_heads=2, fam_scan_unroll=3)
+  segments, positions = packed_segments(np.random.default_rng(3), 3, 37, 12)
+  expected, _ = reference_forward(params, cfg, tokens, positions=positions,
+                                  segment_ids=segments)
+  logits = run(model, params, tokens, positions=positions, segment_ids=segments)
+  assert rel_err(logits, expected, where=segments != 0) <= TOL
+
+
 def test_packed_segments_are_isolated():
   """Changing one example of a packed row changes no logit of another example,
   through tokens or through FAM."""
