@@ -95,8 +95,10 @@ pack far "*/5_far"
 # MFU of the paper's 1B shape, 8,192 tokens, bf16, remat dots: cuDNN's flash
 # attention with the FAM scan unrolled, then fam-jax's einsum kernel (README,
 # Measured, one H100: 22.6% fam / 32.7% bswa with cuDNN, 17.1% / 22.5%
-# einsum; the unrolled scan took fam from 400 to 338 ms). About 45 s a set.
-for settings in ${MFU_SETS:-attention_kernel=cudnn,fam_scan_unroll=8 attention_kernel=einsum}; do
+# einsum; the unrolled scan took fam from 400 to 338 ms). Then the FAM scan's
+# weight gradients batched (not yet measured on a GPU). About 45 s a set.
+cudnn=attention_kernel=cudnn,fam_scan_unroll=8
+for settings in ${MFU_SETS:-$cudnn attention_kernel=einsum $cudnn,fam_scan_batched_grads=True}; do
   (( ${MFU_SECONDS:-110} > 0 )) && timeout "${MFU_SECONDS:-110}" python3 benchmarks/train_step.py --model fam_1b \
     --lengths 8192 --batch 1 --dtype bfloat16 --finetune full --remat dots \
     --attention fam,bswa --repeats 3 --set "$settings" 2>&1 \

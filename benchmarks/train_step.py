@@ -148,11 +148,14 @@ def time_interleaved(runs: dict, repeats: int) -> dict[str, list[float]]:
 
 
 def parse_overrides(text: str) -> dict:
-  """'block_size=1024,fam_length=64' -> FamConfig overrides (ints, floats or
-  strings)."""
+  """'block_size=1024,fam_length=64' -> FamConfig overrides (ints, floats,
+  True/False or strings)."""
   out = {}
   for item in filter(None, text.split(",")):
     key, _, value = item.partition("=")
+    if value in ("True", "False"):
+      out[key.strip()] = value == "True"
+      continue
     for kind in (int, float):
       try:
         value = kind(value)

@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from fam_jax import masks
+from fam_jax import masks, scan_grads
 from fam_jax.config import FamConfig
 from fam_jax.layers import attention, post_attention, pre_attention
 
@@ -158,7 +158,8 @@ def fam_scan(w, fam_in: jax.Array, fresh: jax.Array, initial_fam: jax.Array,
   if packed:
     xs += (time_major(ctx.segment_ids), time_major(ctx.positions))
 
-  def update(carry, block):
+  def update(params, carry, block):
+    w, initial_fam = params
     fam, fresh, segment = carry
     block_k, block_v, block_valid, positions = block[:4]
     has_tokens = jnp.any(block_valid, axis=1)
@@ -190,9 +191,10 @@ def fam_scan(w, fam_in: jax.Array, fresh: jax.Array, initial_fam: jax.Array,
     return (new_fam, fresh & ~has_tokens, segment), seen
 
   segment = ctx.first_segment if packed else jnp.zeros(fresh.shape, jnp.int32)
-  (fam_out, _, _), seen = jax.lax.scan(
-      update, (fam_in.astype(cfg.compute_dtype), fresh, segment), xs,
-      unroll=cfg.fam_scan_unroll)
+  (fam_out, _, _), seen = scan_grads.scan(
+      update, (w, initial_fam if packed else None),
+      (fam_in.astype(cfg.compute_dtype), fresh, segment), xs,
+      unroll=cfg.fam_scan_unroll, batched=cfg.fam_scan_batched_grads)
   seen = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), seen)
   return seen, fam_out
 

@@ -77,6 +77,15 @@ class FamConfig:
       does not grow with the length. More lets XLA fuse and schedule across
       blocks: on an H100 the paper's 1B step at 8k tokens took 338 instead of
       400 ms with all 8 blocks unrolled (README, Measured).
+    fam_scan_batched_grads: differentiate the FAM scan with
+      `scan_grads.scan`: the layer's weight gradients computed once for all
+      blocks after the backward pass through the FAM chain, instead of added
+      up block by block (same numbers, another order; the FAM's forward is
+      recomputed twice). [choice: off by default.] On 2 CPU cores it helps
+      with remat `none` (FAM/BSWA 1.12 -> 1.10 at N=256, 1.10 -> 1.03 at
+      N=1024) and hurts with remat `full` (1.13 -> 1.16), which already
+      reruns that forward; an H100 spent up to 55 of the 1B step's 400 ms
+      on the block-by-block sums (README, Measured), not yet re-measured.
     attention_kernel: what computes the masked attention of the training path
       (block attention, FAM update, `full`): `einsum`, fam-jax's own
       (`layers.attend`, float32 logits, every backend); `xla` or `cudnn`,
@@ -115,6 +124,7 @@ class FamConfig:
   scan_layers: bool = True
   remat: str = "full"
   fam_scan_unroll: int = 1
+  fam_scan_batched_grads: bool = False
   attention_kernel: str = "einsum"
 
   def __post_init__(self):
@@ -149,6 +159,9 @@ class FamConfig:
     _check_choice("remat", self.remat, REMAT_POLICIES)
     if not _is_positive_int(self.fam_scan_unroll):
       _fail("fam_scan_unroll", self.fam_scan_unroll, "a positive integer")
+    if not isinstance(self.fam_scan_batched_grads, bool):
+      _fail("fam_scan_batched_grads", self.fam_scan_batched_grads,
+            "True or False")
     _check_choice("attention_kernel", self.attention_kernel, ATTENTION_KERNELS)
     if self.attention_kernel == "cudnn" and self.dtype == "float32":
       _fail("attention_kernel", self.attention_kernel,

@@ -28,6 +28,8 @@ from util import TINY
     (dict(lora_alpha=0.0), "lora_alpha", "> 0"),
     (dict(rope_theta=-1.0), "rope_theta", "> 0"),
     (dict(fam_scan_unroll=0), "fam_scan_unroll", "positive integer"),
+    (dict(fam_scan_batched_grads="yes"), "fam_scan_batched_grads",
+     "True or False"),
     (dict(attention_kernel="flash"), "attention_kernel",
      "'einsum', 'xla', 'cudnn'"),
     (dict(attention_kernel="cudnn"), "attention_kernel",

@@ -81,3 +81,39 @@ def test_packed_gradients_are_finite():
   segments = np.array([[1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 0, 0, 0]])
   grads = jax.grad(_loss_fn(model, tokens, segments))(params)
   assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
+@pytest.mark.parametrize("packed,remat,lora_rank,unroll", [
+    (False, "none", 0, 1), (True, "full", 2, 2), (False, "dots", 2, 3)])
+def test_batched_fam_scan_gradients_equal_autodiff(packed, remat, lora_rank,
+                                                   unroll):
+  """fam_scan_batched_grads (scan_grads.scan) changes only the order of the
+  gradient's sums: every leaf's gradient, through the logits and through the
+  final FAM state, equals autodiff's."""
+  cfg = tiny_config(attention="fam", block_size=4, memory_segments=1,
+                    fam_length=2, num_kv_heads=2, lora_rank=lora_rank,
+                    remat=remat, fam_scan_unroll=unroll, d_model=16,
+                    mlp_dim=24)
+  tokens = random_tokens(cfg, 2, 23)
+  segments = None
+  if packed:
+    segments = np.array([[1] * 9 + [2] * 11 + [0] * 3,
+                         [1] * 5 + [2] * 2 + [3] * 16], np.int32)
+
+  def loss_of(model):
+    def loss(params):
+      logits, fam = model.apply({"params": params}, tokens,
+                                segment_ids=segments, return_fam_state=True)
+      return (optax.softmax_cross_entropy_with_integer_labels(
+          logits[:, :-1], tokens[:, 1:]).mean() + 0.1 * jnp.sum(fam ** 2))
+    return loss
+
+  model, params = init_params(cfg)
+  batched, _ = init_params(cfg.replace(fam_scan_batched_grads=True))
+  assert "custom_vjp_call" in str(jax.make_jaxpr(loss_of(batched))(params))
+  want = jax.jit(jax.grad(loss_of(model)))(params)
+  got = jax.jit(jax.grad(loss_of(batched)))(params)
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got),
+                          jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * np.abs(w).max(),
+                               err_msg=str(path))
