@@ -12,7 +12,7 @@ FLOORS = {
     "fam_jax.param_names": 0, "fam_jax.config": 0, "fam_jax.gin_utils": 0,
     "fam_jax.gin_configs": 0, "fam_jax.atomic": 0, "fam_jax.jsonfile": 0,
     "fam_jax.layers": 1, "fam_jax.masks": 1, "fam_jax.sampling": 1,
-    "fam_jax.randomization": 1, "fam_jax.sharding": 1,
+    "fam_jax.randomization": 1, "fam_jax.sharding": 1, "fam_jax.scan_grads": 1,
     "fam_jax.text": 1.0, "fam_jax.text.tokenizer": 1.1, "fam_jax.text.chat": 1.2,
     "fam_jax.text.bpe": 1.3, "fam_jax.text.loading": 1.4,
     "fam_jax.weights": 2,
