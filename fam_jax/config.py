@@ -82,10 +82,11 @@ class FamConfig:
       blocks after the backward pass through the FAM chain, instead of added
       up block by block (same numbers, another order; the FAM's forward is
       recomputed twice). [choice: off by default.] On 2 CPU cores it helps
-      with remat `none` (FAM/BSWA 1.12 -> 1.10 at N=256, 1.10 -> 1.03 at
-      N=1024) and hurts with remat `full` (1.13 -> 1.16), which already
-      reruns that forward; an H100 spent up to 55 of the 1B step's 400 ms
-      on the block-by-block sums (README, Measured), not yet re-measured.
+      with remat `none` (FAM/BSWA 1.12 -> 1.10 at N=256, 1.10 -> 1.03 and
+      1.13 -> 1.09 at N=1024) and hurts with remat `full` (1.13 -> 1.16),
+      which already reruns that forward; an H100 spent up to 55 of the 1B
+      step's 400 ms on the block-by-block sums (README, Measured), not yet
+      re-measured.
     attention_kernel: what computes the masked attention of the training path
       (block attention, FAM update, `full`): `einsum`, fam-jax's own
       (`layers.attend`, float32 logits, every backend); `xla` or `cudnn`,
