@@ -72,16 +72,15 @@ def _scan_fwd(step, unroll, params, carry, xs):
     c_out, y = step(params, c, x)
     return c_out, (y, c)
   final, (ys, carries_in) = jax.lax.scan(body, carry, xs, unroll=unroll)
-  return (final, ys), (params, carry, carries_in, xs)
+  return (final, ys), (params, carries_in, xs)
 
 
 def _scan_bwd(step, unroll, saved, cotangents):
-  params, carry, carries_in, xs = saved
+  params, carries_in, xs = saved
   ct_final, ct_ys = cotangents
-  first_x = jax.tree_util.tree_map(lambda a: a[0], xs)
-  carry_floats = _Floats(carry)
-  y_floats = _Floats(jax.eval_shape(lambda c, x: step(params, c, x)[1],
-                                    carry, first_x))
+  # Integer and boolean outputs come with float0 cotangents: the cotangents
+  # tell which leaves are floats.
+  carry_floats, y_floats = _Floats(ct_final), _Floats(ct_ys)
   x_floats = _Floats(xs)
 
   # 2. Through the carry chain, last step first. A step's float outputs are
@@ -111,7 +110,7 @@ def _scan_bwd(step, unroll, saved, cotangents):
 
   _, vjp = jax.vjp(all_steps, params, x_floats.take(xs))
   ct_params, ct_x = vjp(ct_outs)
-  return (ct_params, carry_floats.cotangent(ct_carry, carry),
+  return (ct_params, carry_floats.cotangent(ct_carry, ct_final),
           x_floats.cotangent(ct_x, xs))
 
 
