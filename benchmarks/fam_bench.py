@@ -22,8 +22,8 @@
     checks that transformers and fam-jax `full` decode the same tokens.
 (d) `mfu`: the paper's 1B shape (N=1024, m=3, F=64) at 8k tokens in bfloat16,
     remat `dots`, on a GPU with attention_kernel='cudnn' and
-    fam_scan_unroll=8 unless --set says otherwise: model TFLOP/s and MFU (`train_step.model_flops`); needs a GPU
-    or TPU.
+    fam_scan_unroll=8 unless --set says otherwise: model TFLOP/s and MFU
+    (`train_step.model_flops`); needs a GPU or TPU.
 
 Each writes <out>/<name>.json (rows), <out>/<name>.md (the table) and
 <out>/<name>.png. Every time is the median of --repeats runs after an untimed
