@@ -356,7 +356,8 @@ def bench_mfu(args) -> list[dict]:
   length = _ints(args.lengths)[0]
   kinds = args.attention.split(",")
   overrides = train_step.parse_overrides(args.set)
-  if device.platform == "gpu":  # README, Measured: the fastest on an H100
+  # The fastest on an H100 (docs/speed.md, Training on GPUs).
+  if device.platform == "gpu":
     overrides.setdefault("attention_kernel", "cudnn")
     overrides.setdefault("fam_scan_unroll", 8)
   runs = {k: train_step.build(args.model, k, length, args.batch, args.remat,

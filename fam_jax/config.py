@@ -76,7 +76,7 @@ class FamConfig:
       blocks (its `unroll`); 1 keeps one block per iteration, so compile time
       does not grow with the length. More lets XLA fuse and schedule across
       blocks: on an H100 the paper's 1B step at 8k tokens took 338 instead of
-      400 ms with all 8 blocks unrolled (README, Measured).
+      400 ms with all 8 blocks unrolled (docs/speed.md, Training on GPUs).
     fam_scan_batched_grads: differentiate the FAM scan with
       `scan_grads.scan`: the layer's weight gradients computed once for all
       blocks after the backward pass through the FAM chain, instead of added
@@ -85,8 +85,8 @@ class FamConfig:
       with remat `none` (FAM/BSWA 1.12 -> 1.10 at N=256, 1.10 -> 1.03 and
       1.13 -> 1.09 at N=1024) and hurts with remat `full` (1.13 -> 1.16),
       which already reruns that forward; an H100 spent up to 55 of the 1B
-      step's 400 ms on the block-by-block sums (README, Measured), not yet
-      re-measured.
+      step's 400 ms on the block-by-block sums (docs/speed.md, Training on
+      GPUs), not yet re-measured.
     attention_kernel: what computes the masked attention of the training path
       (block attention, FAM update, `full`): `einsum`, fam-jax's own
       (`layers.attend`, float32 logits, every backend); `xla` or `cudnn`,
