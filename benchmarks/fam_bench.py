@@ -8,8 +8,11 @@
 (a) `train`: fam-train's step (LoRA, Adafactor, random offset and state
     passing; `train_step.build`) for `full`, `bswa` and `fam` at equal N and m,
     lengths 2k and up: seconds per step, microseconds per token, and the memory
-    XLA plans for the step (arguments + outputs + temporaries), with FAM/BSWA.
-    `full` stops at --full-max tokens (its scores grow with the square).
+    XLA plans for the step (arguments + outputs + temporaries), with FAM/BSWA,
+    and how much of a step the operating system took (system CPU time: fresh
+    pages faulted in and zeroed, reclaim when the plan nears the machine's
+    memory). `full` stops at --full-max tokens (its scores grow with the
+    square).
 (b) `decode`: one stream per kind of the tiny model (models/tiny.gin), both
     prefilled with the same random ids to each context length in turn (1k to
     1M tokens); at each, `generate` decodes --decode-tokens from a copy of
@@ -121,20 +124,26 @@ def bench_train(args) -> list[dict]:
     times = train_step.time_interleaved(runs, args.repeats)
     for kind, run in runs.items():
       seconds = statistics.median(times[kind])
+      tokens = length * args.batch
+      kernel = run.get("kernel_seconds")
       rows.append(dict(attention=kind, length=length, seconds=seconds,
-                       us_per_token=1e6 * seconds / (length * args.batch),
-                       memory_mib=run["memory"] / MIB, times=times[kind]))
+                       us_per_token=1e6 * seconds / tokens,
+                       memory_mib=run["memory"] / MIB, times=times[kind],
+                       kernel_us_per_token=(1e6 * statistics.median(kernel)
+                                            / tokens if kernel else None)))
       print(json.dumps(rows[-1]), flush=True)
     del runs
   table = [f"model {args.model} {overrides or ''}, batch {args.batch}, remat "
            f"{args.remat}, {args.dtype}, {jax.devices()[0].device_kind}; "
            f"medians of {args.repeats}", "",
            "| tokens | attention | s/step | µs/token | planned MiB | "
-           "FAM/BSWA time |", "|---:|---|---:|---:|---:|---:|"]
+           "FAM/BSWA time | of which kernel, µs/token |",
+           "|---:|---|---:|---:|---:|---:|---:|"]
   for r, ratio in zip(rows, _fam_bswa_cells(rows, "seconds")):
+    kernel = r["kernel_us_per_token"]
     table.append(f"| {r['length']:,} | {r['attention']} | {r['seconds']:.3f} "
                  f"| {r['us_per_token']:.1f} | {r['memory_mib']:,.0f} | "
-                 f"{ratio} |")
+                 f"{ratio} | {'' if kernel is None else f'{kernel:.1f}'} |")
   plt = _pyplot()
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
   _plot_by_kind(ax_t, rows, "us_per_token")
