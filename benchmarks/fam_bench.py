@@ -125,25 +125,25 @@ def bench_train(args) -> list[dict]:
     for kind, run in runs.items():
       seconds = statistics.median(times[kind])
       tokens = length * args.batch
-      kernel = run.get("kernel_seconds")
+      system = run.get("system_seconds")
       rows.append(dict(attention=kind, length=length, seconds=seconds,
                        us_per_token=1e6 * seconds / tokens,
                        memory_mib=run["memory"] / MIB, times=times[kind],
-                       kernel_us_per_token=(1e6 * statistics.median(kernel)
-                                            / tokens if kernel else None)))
+                       system_us_per_token=(1e6 * statistics.median(system)
+                                            / tokens if system else None)))
       print(json.dumps(rows[-1]), flush=True)
     del runs
   table = [f"model {args.model} {overrides or ''}, batch {args.batch}, remat "
            f"{args.remat}, {args.dtype}, {jax.devices()[0].device_kind}; "
            f"medians of {args.repeats}", "",
            "| tokens | attention | s/step | µs/token | planned MiB | "
-           "FAM/BSWA time | of which kernel, µs/token |",
+           "FAM/BSWA time | of which system CPU, µs/token |",
            "|---:|---|---:|---:|---:|---:|---:|"]
   for r, ratio in zip(rows, _fam_bswa_cells(rows, "seconds")):
-    kernel = r["kernel_us_per_token"]
+    system = r["system_us_per_token"]
     table.append(f"| {r['length']:,} | {r['attention']} | {r['seconds']:.3f} "
                  f"| {r['us_per_token']:.1f} | {r['memory_mib']:,.0f} | "
-                 f"{ratio} | {'' if kernel is None else f'{kernel:.1f}'} |")
+                 f"{ratio} | {'' if system is None else f'{system:.1f}'} |")
   plt = _pyplot()
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
   _plot_by_kind(ax_t, rows, "us_per_token")

@@ -139,20 +139,20 @@ def time_interleaved(runs: dict, repeats: int) -> dict[str, list[float]]:
   """Seconds of `repeats` steps of every run of `build`, the kinds taking
   turns (fam, bswa, full, fam, ...) so a busy machine slows them alike.
 
-  Each run also gets `kernel_seconds`: the process's system CPU time in each
+  Each run also gets `system_seconds`: the process's system CPU time in each
   step (page faults, zeroing fresh pages, reclaim under memory pressure), the
   part of a CPU step's time that is the operating system's, not XLA's.
   """
   times = {kind: [] for kind in runs}
   for _ in range(repeats):
     for kind, run in runs.items():
-      kernel = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+      system = resource.getrusage(resource.RUSAGE_SELF).ru_stime
       start = time.perf_counter()
       run["state"], metrics = run["step"](run["state"], run["batch"])
       jax.block_until_ready(metrics)
       times[kind].append(time.perf_counter() - start)
-      run.setdefault("kernel_seconds", []).append(
-          resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel)
+      run.setdefault("system_seconds", []).append(
+          resource.getrusage(resource.RUSAGE_SELF).ru_stime - system)
   return times
 
 

@@ -35,7 +35,7 @@ def test_train_rows_plot_and_memory(tmp_path):
     assert r["us_per_token"] == pytest.approx(1e6 * r["seconds"] / r["length"])
     # System CPU time of the same steps: each core can spend up to the wall
     # time in it, none a negative amount.
-    assert 0 <= r["kernel_us_per_token"] < os.cpu_count() * r["us_per_token"]
+    assert 0 <= r["system_us_per_token"] < os.cpu_count() * r["us_per_token"]
   # Full attention's plan holds [T, T] scores: 8x the tokens grows it more
   # than BSWA's, whose windows grow linearly.
   growth = {k: by[k, 512]["memory_mib"] / by[k, 64]["memory_mib"]
@@ -62,7 +62,7 @@ def test_train_fam_bswa_column_and_full_max(tmp_path, monkeypatch):
   bswa, fam = _table_rows(tmp_path / "train.md")
   assert bswa[1].strip() == "bswa" and bswa[5].strip() == ""
   assert fam[1].strip() == "fam" and fam[5].strip() == "1.500"
-  assert fam[6].strip() == ""  # no kernel time where no step was timed
+  assert fam[6].strip() == ""  # no system time where no step was timed
 
 
 def test_decode_rows_and_plot(tmp_path):
